@@ -1,0 +1,1 @@
+"""SQLAlchemy schema, sessions, repositories and Alembic migrations. No torch here."""

@@ -1,0 +1,267 @@
+"""Settings: one frozen pydantic-settings class read from ``DEFECTLOOP_*`` environment variables.
+
+Built only in entry points (the CLI, the Celery app module) and passed down as plain values; no other
+module reads the environment. The defaults are the embedded mode: a SQLite database and a broker that
+needs no server, both as files under ``DEFECTLOOP_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from defectloop.errors import SettingsError
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "DEFECTLOOP_"
+DEFAULT_CLASSES: tuple[str, ...] = (
+    "ok",
+    "hole",
+    "seam_puckering",
+    "uncut_thread",
+    "raw_edge",
+    "broken_stitch",
+)
+# Variables under these prefixes belong to the test suite and benchmarks, not to the application.
+_FOREIGN_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_")
+_CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class Strategy(StrEnum):
+    """Active-learning selection strategies (implemented in ``models.selection``)."""
+
+    RANDOM = "random"
+    LEAST_CONFIDENCE = "least_confidence"
+    MARGIN = "margin"
+    ENTROPY = "entropy"
+    BALD = "bald"
+    KCENTER = "kcenter"
+    HYBRID = "hybrid"
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` (the natural way to write a list in an environment variable) or a sequence."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of defectloop. Environment variable = ``DEFECTLOOP_`` + the field name in capitals."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+        env_ignore_empty=True,
+    )
+
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Where the embedded database, broker, model artifacts and reports live.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the registry; empty means a SQLite file under the data directory.",
+    )
+    broker_url: str = Field(
+        default="",
+        description="Celery broker URL (redis://...); empty means a SQLite-backed broker under the data dir.",
+    )
+    label_studio_url: str = Field(default="http://127.0.0.1:8080", description="Base URL of Label Studio.")
+    label_studio_api_key: SecretStr | None = Field(default=None, description="Label Studio API token.")
+    label_studio_project_title: str = Field(default="defectloop garment defects", min_length=1)
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Shared secret Label Studio sends in a header with every webhook."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Bind address of the webhook / ML-backend app.")
+    http_port: int = Field(default=8000, ge=1, le=65535)
+
+    classes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_CLASSES,
+        description="Label space, comma separated; the first is the good class, the rest are defects.",
+    )
+    image_size: int = Field(default=128, ge=16, le=1024, description="Square input size in pixels.")
+    image_channels: int = Field(default=3, description="1 = grayscale, 3 = RGB model input.")
+
+    strategy: Strategy = Field(default=Strategy.ENTROPY, description="Active-learning selection strategy.")
+    labelling_batch_size: int = Field(default=20, ge=1, le=10_000)
+    inference_batch_size: int = Field(default=16, ge=1, le=1024)
+    inference_batch_timeout_ms: int = Field(default=200, ge=0, le=60_000)
+    mc_dropout_passes: int = Field(default=8, ge=1, le=256)
+
+    retrain_min_new_labels: int = Field(
+        default=50, ge=0, description="Retrain once this many new labels arrived (0 = never by count)."
+    )
+    retrain_interval_s: int = Field(
+        default=86_400, ge=0, description="Retrain at least this often when new labels exist (0 = never)."
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _parse_classes(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) < 2:
+            raise ValueError("needs the good class and at least one defect class, e.g. 'ok,hole'")
+        bad = [name for name in value if not _CLASS_NAME.match(name)]
+        if bad:
+            raise ValueError(f"class names must be lower-case snake_case identifiers, got {bad}")
+        duplicates = sorted({name for name in value if value.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"class names must be unique, repeated: {duplicates}")
+        return value
+
+    @field_validator("image_channels")
+    @classmethod
+    def _check_channels(cls, value: int) -> int:
+        if value not in (1, 3):
+            raise ValueError("must be 1 (grayscale) or 3 (RGB)")
+        return value
+
+    @field_validator("database_url", "broker_url", "label_studio_url")
+    @classmethod
+    def _check_url_shape(cls, value: str) -> str:
+        if value and "://" not in value:
+            raise ValueError("must be a URL such as scheme://host/...")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolve_embedded_defaults(self) -> Settings:
+        # The instance is frozen; filling derived defaults once here keeps every consumer simple.
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'defectloop.db'}")
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", f"sqla+sqlite:///{data_dir / 'broker.db'}")
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A settings object printed into a log must not carry a database or broker password.
+        for name, value in super().__repr_args__():
+            yield (
+                name,
+                redact_url(value) if name and name.endswith("_url") and isinstance(value, str) else value,
+            )
+
+    @property
+    def good_class(self) -> str:
+        return self.classes[0]
+
+    @property
+    def defect_classes(self) -> tuple[str, ...]:
+        return self.classes[1:]
+
+    @property
+    def embedded(self) -> bool:
+        """True when both the database and the broker are local files (no server needed)."""
+        return self.database_url.startswith("sqlite") and self.broker_url.startswith("sqla+sqlite")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    def redacted(self) -> dict[str, str]:
+        """Every setting as text for display, with secrets and URL passwords masked."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********" if value.get_secret_value() else "(empty)"
+            elif value is None:
+                text = "(not set)"
+            elif name.endswith("_url"):
+                text = redact_url(str(value))
+            elif isinstance(value, tuple):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = str(value)
+            shown[env_name(name)] = text
+        return shown
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``; anything else unchanged."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+SECRET_FIELDS = frozenset({"label_studio_api_key", "webhook_secret"})
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``environ`` (default: the process environment) plus explicit overrides.
+
+    A wrong value raises :class:`SettingsError` naming each offending variable and what it expects;
+    secret values are never echoed back.
+    """
+    env = os.environ if environ is None else environ
+    _warn_unknown_variables(env)
+    try:
+        if environ is None:
+            return Settings(**overrides)
+        return _settings_from_mapping(environ, overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _settings_from_mapping(environ: Mapping[str, str], overrides: dict[str, Any]) -> Settings:
+    # Tests pass an explicit mapping; translate it to field values so no process state is touched.
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        upper = key.upper()
+        if upper.startswith(ENV_PREFIX) and value != "":
+            field = upper.removeprefix(ENV_PREFIX).lower()
+            if field in Settings.model_fields:
+                values[field] = value
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        shown = "" if field in SECRET_FIELDS else f" (got {error.get('input')!r})"
+        lines.append(f"  {env_name(field)}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = [env_name(name) for name in Settings.model_fields]
+    unknown = []
+    for key in environ:
+        upper = key.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known and not upper.startswith(_FOREIGN_PREFIXES):
+            close = difflib.get_close_matches(upper, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logger.warning("unknown setting %s is ignored%s", key, hint)
+            unknown.append(key)
+    return unknown

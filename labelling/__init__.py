@@ -1,0 +1,1 @@
+"""Label Studio gateway, payload builders and the webhook / ML-backend HTTP app."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, services, quality gates, then pytest.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k settings`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+bash scripts/services.sh
+
+echo "== ruff (lint and format) =="
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy =="
+.venv/bin/mypy
+echo "== import-linter (dependency direction) =="
+.venv/bin/lint-imports
+echo "== pytest =="
+.venv/bin/pytest "$@"

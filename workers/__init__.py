@@ -1,0 +1,1 @@
+"""Celery app, tasks, services, camera ingestion and beat schedule."""
