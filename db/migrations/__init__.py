@@ -1,0 +1,1 @@
+"""Alembic migrations of the defect loop database (run through `db.migrate`)."""

@@ -1,0 +1,120 @@
+"""Helpers for the `db` tests: a throw-away PostgreSQL database, a drift check, row builders.
+
+Plain functions, imported by the test modules and by tests/db_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, MetaData, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from db import repositories as repo
+from db.errors import DatabaseUnavailableError
+from db.schema import Image, ModelTask, ModelVersion, Source, SourceKind
+from db.session import check_connection, create_engine_for
+
+POSTGRES_URL_VARIABLE = "DEFECTLOOP_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BINARY_CLASSES = ("ok", "defective")
+MULTICLASS_CLASSES = ("hole", "seam_puckering", "uncut_thread", "raw_edge", "broken_stitch")
+
+
+def postgres_admin_url() -> str:
+    """URL of a PostgreSQL database whose user may CREATE DATABASE (from the environment or default)."""
+    return os.environ.get(POSTGRES_URL_VARIABLE) or DEFAULT_POSTGRES_ADMIN_URL
+
+
+@contextmanager
+def temporary_postgres_database(admin_url: str | None = None) -> Iterator[str]:
+    """Create an empty database with a random name, yield its URL, drop it afterwards.
+
+    Fails the test (never skips it) when the server cannot be reached.
+    """
+    admin_url = admin_url or postgres_admin_url()
+    admin = create_engine_for(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        try:
+            check_connection(admin)
+        except DatabaseUnavailableError as exc:
+            pytest.fail(
+                f"PostgreSQL is required by this test and is not reachable ({exc}). "
+                f"Start PostgreSQL, or set {POSTGRES_URL_VARIABLE} to the URL of a database whose user may "
+                "CREATE DATABASE (run only the SQLite tests with -m 'not integration').",
+                pytrace=False,
+            )
+        name = f"defectloop_test_{secrets.token_hex(6)}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                # WITH (FORCE): a connection the test leaked must not leave the database behind.
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def schema_differences(engine: Engine, metadata: MetaData) -> list[object]:
+    """Alembic's autogenerate comparison of the live schema with `metadata` (empty when they agree)."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+
+# --- row builders --------------------------------------------------------------------------------
+
+
+def sha_of(text_: str) -> str:
+    """A valid sha256 for a test image named `text_`."""
+    return hashlib.sha256(text_.encode()).hexdigest()
+
+
+def new_source(session: Session, name: str = "cam1") -> Source:
+    return repo.get_or_create_source(session=session, name=name, kind=SourceKind.CAMERA, path=f"/mnt/{name}")
+
+
+def new_image(session: Session, name: str = "a.png", *, source: Source | None = None) -> Image:
+    source = source or new_source(session)
+    image, _ = repo.add_image(
+        session=session,
+        sha256=sha_of(name),
+        path=f"/mnt/cam1/{name}",
+        source_id=source.id,
+        width=64,
+        height=48,
+        mode="L",
+        size_bytes=1234,
+        original_name=name,
+    )
+    return image
+
+
+def new_model_version(session: Session, task: ModelTask = ModelTask.BINARY, **overrides: Any) -> ModelVersion:
+    name = overrides.pop("name", None) or repo.next_model_version_name(
+        session=session, task=task, architecture="resnet18"
+    )
+    classes = BINARY_CLASSES if task is ModelTask.BINARY else MULTICLASS_CLASSES
+    values: dict[str, Any] = {
+        "architecture": "resnet18",
+        "classes": list(classes),
+        "input_spec": {"image_size": 128, "channels": 1, "mean": [0.5], "std": [0.25]},
+        "artifact_path": f"/models/{name}.pt",
+        "artifact_sha256": sha_of(name),
+        "hyperparameters": {"lr": 0.001, "epochs": 3},
+        "metrics": {"accuracy": 0.8},
+    }
+    values.update(overrides)
+    return repo.register_model_version(session=session, name=name, task=task, **values)

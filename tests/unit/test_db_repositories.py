@@ -1,0 +1,606 @@
+"""Repository contracts, each run on SQLite and on PostgreSQL (the latter marked integration).
+
+Every test runs inside a transaction rolled back at its end (see tests/db_fixtures.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db import repositories as repo
+from db.errors import IntegrityViolation, InvalidTransitionError, NotFoundError
+from db.repositories import RecordOutcome
+from db.schema import (
+    Annotation,
+    AnnotationOrigin,
+    ComparisonDecision,
+    Image,
+    ImageStatus,
+    LabelTaskStatus,
+    ModelStatus,
+    ModelTask,
+    Prediction,
+    PromotionAction,
+    SourceKind,
+    TrainingRunStatus,
+    TrainingTrigger,
+)
+from tests.db_helpers import new_image, new_model_version, new_source, sha_of
+
+
+def _count(session: Session, model: type[object]) -> int:
+    return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+# --- sources and images ----------------------------------------------------------------------------
+
+
+def test_get_or_create_source_is_idempotent_and_refuses_another_kind(db_session: Session) -> None:
+    first = new_source(db_session, "cam7")
+    again = new_source(db_session, "cam7")
+    assert again.id == first.id
+    with pytest.raises(IntegrityViolation, match="already exists with kind camera"):
+        repo.get_or_create_source(session=db_session, name="cam7", kind=SourceKind.IMPORT)
+
+
+def test_add_image_is_idempotent_on_sha256(db_session: Session) -> None:
+    source = new_source(db_session)
+    kwargs = {"sha256": sha_of("same bytes"), "source_id": source.id, "width": 10, "height": 20}
+    first, created = repo.add_image(
+        session=db_session, path="/mnt/cam1/a.png", mode="RGB", size_bytes=99, **kwargs
+    )
+    second, created_again = repo.add_image(
+        session=db_session, path="/mnt/cam1/copy-of-a.png", mode="RGB", size_bytes=99, **kwargs
+    )
+    assert (created, created_again) == (True, False)
+    assert second.id == first.id
+    assert second.path == "/mnt/cam1/a.png"  # the first sighting wins; the copy changes nothing
+    assert first.status is ImageStatus.NEW
+    assert _count(db_session, Image) == 1
+
+
+def test_add_image_refuses_a_malformed_hash_and_an_unknown_source(db_session: Session) -> None:
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        repo.add_image(
+            session=db_session,
+            sha256="ABC",
+            path="/x",
+            source_id=1,
+            width=1,
+            height=1,
+            mode="L",
+            size_bytes=1,
+        )
+    with pytest.raises(IntegrityViolation, match="does source 424242 exist"):
+        repo.add_image(
+            session=db_session,
+            sha256=sha_of("orphan"),
+            path="/x",
+            source_id=424242,
+            width=1,
+            height=1,
+            mode="L",
+            size_bytes=1,
+        )
+
+
+def test_quarantine_file_without_a_hash_is_one_row_per_path_size_and_mtime(db_session: Session) -> None:
+    source = new_source(db_session)
+    common = {"session": db_session, "path": "/mnt/cam1/bad.jpg", "source_id": source.id, "size_bytes": 10}
+    first, created = repo.quarantine_file(reason="truncated JPEG", mtime_ns=1000, **common)
+    again, created_again = repo.quarantine_file(reason="truncated JPEG", mtime_ns=1000, **common)
+    rewritten, created_rewritten = repo.quarantine_file(reason="truncated JPEG", mtime_ns=2000, **common)
+    assert (created, created_again, created_rewritten) == (True, False, True)
+    assert again.id == first.id != rewritten.id
+    assert first.status is ImageStatus.QUARANTINED
+    assert first.sha256 is None
+    assert first.reason == "truncated JPEG"
+
+
+def test_quarantine_file_with_a_hash_is_one_row_per_content(db_session: Session) -> None:
+    source = new_source(db_session)
+    sha = sha_of("not an image")
+    first, created = repo.quarantine_file(
+        session=db_session, path="/a.txt", reason="not an image", source_id=source.id, sha256=sha
+    )
+    again, created_again = repo.quarantine_file(
+        session=db_session, path="/b.txt", reason="not an image", source_id=source.id, sha256=sha
+    )
+    assert (created, created_again) == (True, False)
+    assert again.id == first.id
+    with pytest.raises(ValueError, match="reason must not be empty"):
+        repo.quarantine_file(session=db_session, path="/c", reason=" ", source_id=source.id, sha256=sha)
+    with pytest.raises(ValueError, match="size_bytes and mtime_ns"):
+        repo.quarantine_file(session=db_session, path="/c", reason="bad", source_id=source.id)
+
+
+def test_set_image_status_is_a_compare_and_set(db_session: Session) -> None:
+    image = new_image(db_session)
+    before = image.status_changed_at
+    assert repo.set_image_status(
+        session=db_session, image_id=image.id, status=ImageStatus.QUEUED, expected=[ImageStatus.NEW]
+    )
+    # A second worker holding the same message loses: the image is no longer new.
+    assert not repo.set_image_status(
+        session=db_session, image_id=image.id, status=ImageStatus.QUEUED, expected=[ImageStatus.NEW]
+    )
+    assert repo.set_image_status(
+        session=db_session,
+        image_id=image.id,
+        status=ImageStatus.PREDICTED,
+        expected=(ImageStatus.NEW, ImageStatus.QUEUED),
+    )
+    reloaded = repo.get_image(session=db_session, image_id=image.id)
+    assert reloaded.status is ImageStatus.PREDICTED
+    assert reloaded.status_changed_at >= before
+    assert reloaded.status_changed_at.tzinfo is not None
+
+
+def test_set_image_status_unconditional_quarantine_needs_a_reason(db_session: Session) -> None:
+    image = new_image(db_session)
+    with pytest.raises(ValueError, match="reason"):
+        repo.set_image_status(session=db_session, image_id=image.id, status=ImageStatus.QUARANTINED)
+    assert repo.set_image_status(
+        session=db_session, image_id=image.id, status=ImageStatus.QUARANTINED, reason="model crashed on it"
+    )
+    assert repo.get_image(session=db_session, image_id=image.id).reason == "model crashed on it"
+
+
+def test_set_image_status_of_a_missing_image_is_not_found(db_session: Session) -> None:
+    with pytest.raises(NotFoundError, match="image 987654 does not exist"):
+        repo.set_image_status(
+            session=db_session, image_id=987654, status=ImageStatus.QUEUED, expected=[ImageStatus.NEW]
+        )
+
+
+def test_find_stuck_images_returns_only_rows_older_than_the_limit(db_session: Session) -> None:
+    old, fresh, other = (new_image(db_session, name) for name in ("old.png", "fresh.png", "other.png"))
+    now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    for image, age, status in (
+        (old, timedelta(hours=2), ImageStatus.QUEUED),
+        (fresh, timedelta(minutes=1), ImageStatus.QUEUED),
+        (other, timedelta(hours=3), ImageStatus.PREDICTED),
+    ):
+        image.status = status
+        image.status_changed_at = now - age
+    db_session.flush()
+    stuck = repo.find_stuck_images(
+        session=db_session, status=ImageStatus.QUEUED, older_than=timedelta(minutes=30), now=now
+    )
+    assert [image.id for image in stuck] == [old.id]
+
+
+def test_list_and_count_images_by_status(db_session: Session) -> None:
+    source = new_source(db_session)
+    images = [new_image(db_session, f"{index}.png", source=source) for index in range(3)]
+    repo.set_image_status(session=db_session, image_id=images[1].id, status=ImageStatus.QUEUED)
+    for index, reason in enumerate(("truncated", "truncated", "not an image")):
+        repo.quarantine_file(
+            session=db_session,
+            path=f"/bad{index}",
+            reason=reason,
+            source_id=source.id,
+            size_bytes=1,
+            mtime_ns=index,
+        )
+    listed = repo.list_images_by_status(session=db_session, status=ImageStatus.NEW)
+    assert [image.id for image in listed] == [images[0].id, images[2].id]
+    page = repo.list_images_by_status(
+        session=db_session, status=ImageStatus.NEW, after_id=images[0].id, limit=5
+    )
+    assert [image.id for image in page] == [images[2].id]
+    counts = repo.count_images_by_status(session=db_session)
+    assert counts[ImageStatus.NEW] == 2
+    assert counts[ImageStatus.QUEUED] == 1
+    assert counts[ImageStatus.QUARANTINED] == 3
+    assert counts[ImageStatus.LABELLED] == 0
+    assert set(counts) == set(ImageStatus)
+    assert repo.count_quarantined_by_reason(session=db_session) == {"truncated": 2, "not an image": 1}
+
+
+# --- predictions -----------------------------------------------------------------------------------
+
+
+def test_model_key_is_never_null() -> None:
+    assert repo.make_model_key(12, 7) == "b12-m7"
+    assert repo.make_model_key(12, None) == "b12-m-"
+
+
+def test_add_prediction_is_idempotent_per_image_and_models(db_session: Session) -> None:
+    image = new_image(db_session)
+    binary = new_model_version(db_session, ModelTask.BINARY)
+    multiclass = new_model_version(db_session, ModelTask.MULTICLASS)
+    kwargs = {
+        "session": db_session,
+        "image_id": image.id,
+        "binary_version_id": binary.id,
+        "predicted_label": "hole",
+        "confidence": 0.7,
+        "uncertainty": {"entropy": 0.9, "margin": 0.4},
+    }
+    first, created = repo.add_prediction(
+        multiclass_version_id=multiclass.id, probabilities={"ok": 0.2, "hole": 0.7, "raw_edge": 0.1}, **kwargs
+    )
+    again, created_again = repo.add_prediction(
+        multiclass_version_id=multiclass.id, probabilities={"ok": 0.1, "hole": 0.8, "raw_edge": 0.1}, **kwargs
+    )
+    binary_only, created_binary_only = repo.add_prediction(
+        multiclass_version_id=None, probabilities={"ok": 0.3, "hole": 0.7}, **kwargs
+    )
+    assert (created, created_again, created_binary_only) == (True, False, True)
+    assert again.id == first.id
+    assert again.probabilities == {"ok": 0.2, "hole": 0.7, "raw_edge": 0.1}  # the first one stays
+    assert first.model_key == f"b{binary.id}-m{multiclass.id}"
+    assert binary_only.model_key == f"b{binary.id}-m-"
+    assert _count(db_session, Prediction) == 2
+    latest = repo.latest_prediction(session=db_session, image_id=image.id, model_key=first.model_key)
+    assert latest is not None
+    assert latest.id == first.id
+    assert repo.latest_prediction(session=db_session, image_id=image.id + 1000) is None
+
+
+def test_add_prediction_refuses_a_label_outside_the_distribution(db_session: Session) -> None:
+    image = new_image(db_session)
+    binary = new_model_version(db_session)
+    with pytest.raises(ValueError, match="not one of the classes"):
+        repo.add_prediction(
+            session=db_session,
+            image_id=image.id,
+            binary_version_id=binary.id,
+            multiclass_version_id=None,
+            probabilities={"ok": 0.9, "hole": 0.1},
+            predicted_label="raw_edge",
+            confidence=0.9,
+            uncertainty={},
+        )
+
+
+# --- model registry --------------------------------------------------------------------------------
+
+
+def test_first_version_of_a_task_becomes_champion_and_later_ones_are_candidates(db_session: Session) -> None:
+    first = new_model_version(db_session, ModelTask.BINARY)
+    second = new_model_version(db_session, ModelTask.BINARY)
+    other_task = new_model_version(db_session, ModelTask.MULTICLASS)
+    assert first.status is ModelStatus.CHAMPION
+    assert second.status is ModelStatus.CANDIDATE
+    assert other_task.status is ModelStatus.CHAMPION
+    champion = repo.get_champion(session=db_session, task=ModelTask.BINARY)
+    assert champion is not None
+    assert champion.id == first.id
+    log = repo.list_promotions(session=db_session, task=ModelTask.BINARY)
+    assert [(row.action, row.to_version_id, row.actor) for row in log] == [
+        (PromotionAction.PROMOTE, first.id, "system")
+    ]
+    assert first.name == "binary-resnet18-0001"
+    assert second.name == "binary-resnet18-0002"
+
+
+def test_register_model_version_is_idempotent_on_name_and_artifact(db_session: Session) -> None:
+    first = new_model_version(db_session, name="binary-resnet18-0042")
+    again = new_model_version(db_session, name="binary-resnet18-0042")
+    assert again.id == first.id
+    with pytest.raises(IntegrityViolation, match="already exists with another artifact"):
+        new_model_version(db_session, name="binary-resnet18-0042", artifact_sha256=sha_of("other weights"))
+
+
+def test_set_champion_retires_the_old_one_and_writes_an_audit_row(db_session: Session) -> None:
+    old = new_model_version(db_session)
+    challenger = new_model_version(db_session)
+    promotion = repo.set_champion(
+        session=db_session,
+        version_id=challenger.id,
+        actor="engineer@plant",
+        reason="beats the champion on eval-v1",
+        numbers={"macro_f1_delta": 0.04},
+    )
+    assert promotion is not None
+    assert (promotion.action, promotion.from_version_id, promotion.to_version_id) == (
+        PromotionAction.PROMOTE,
+        old.id,
+        challenger.id,
+    )
+    assert promotion.numbers == {"macro_f1_delta": 0.04}
+    assert repo.get_model_version(session=db_session, version_id=old.id).status is ModelStatus.RETIRED
+    champion = repo.get_champion(session=db_session, task=ModelTask.BINARY)
+    assert champion is not None
+    assert champion.id == challenger.id
+
+    # Back to the old one: a rollback, recorded as such; promoting the champion again writes nothing.
+    rollback = repo.set_champion(session=db_session, version_id=old.id, actor="engineer", reason="regression")
+    assert rollback is not None
+    assert rollback.action is PromotionAction.ROLLBACK
+    assert repo.set_champion(session=db_session, version_id=old.id, actor="engineer", reason="again") is None
+    actions = [row.action for row in repo.list_promotions(session=db_session, task=ModelTask.BINARY)]
+    assert actions == [PromotionAction.PROMOTE, PromotionAction.PROMOTE, PromotionAction.ROLLBACK]
+
+
+def test_reject_model_version_records_why_and_protects_the_champion(db_session: Session) -> None:
+    champion = new_model_version(db_session)
+    candidate = new_model_version(db_session)
+    with pytest.raises(InvalidTransitionError, match="is the champion"):
+        repo.reject_model_version(session=db_session, version_id=champion.id, actor="e", reason="worse")
+    rejection = repo.reject_model_version(
+        session=db_session, version_id=candidate.id, actor="e", reason="worse"
+    )
+    assert rejection.action is PromotionAction.REJECT
+    assert candidate.status is ModelStatus.REJECTED
+    with pytest.raises(InvalidTransitionError, match="was rejected"):
+        repo.set_champion(session=db_session, version_id=candidate.id, actor="e", reason="changed my mind")
+    statuses = {v.id: v.status for v in repo.list_model_versions(session=db_session, task=ModelTask.BINARY)}
+    assert statuses == {champion.id: ModelStatus.CHAMPION, candidate.id: ModelStatus.REJECTED}
+    rejected = repo.list_model_versions(session=db_session, status=ModelStatus.REJECTED)
+    assert [v.id for v in rejected] == [candidate.id]
+
+
+def test_set_champion_needs_a_reason_and_an_existing_version(db_session: Session) -> None:
+    with pytest.raises(ValueError, match="reason"):
+        repo.set_champion(session=db_session, version_id=1, actor="e", reason="")
+    with pytest.raises(NotFoundError, match="model version 31337"):
+        repo.set_champion(session=db_session, version_id=31337, actor="e", reason="why not")
+
+
+# --- annotations -----------------------------------------------------------------------------------
+
+
+def test_record_annotation_is_idempotent_by_label_studio_id(db_session: Session) -> None:
+    image = new_image(db_session)
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    kwargs = {"session": db_session, "image_id": image.id, "ls_annotation_id": 501, "ls_task_id": 77}
+    first, outcome = repo.record_annotation(label="hole", annotator="ann@x", annotated_at=at, **kwargs)
+    again, outcome_again = repo.record_annotation(label="hole", annotator="ann@x", annotated_at=at, **kwargs)
+    edited, outcome_edit = repo.record_annotation(
+        label="raw_edge", annotator="ann@x", annotated_at=at + timedelta(minutes=5), **kwargs
+    )
+    stale, outcome_stale = repo.record_annotation(label="hole", annotator="ann@x", annotated_at=at, **kwargs)
+    assert (outcome, outcome_again, outcome_edit, outcome_stale) == (
+        RecordOutcome.CREATED,
+        RecordOutcome.UNCHANGED,
+        RecordOutcome.UPDATED,
+        RecordOutcome.UNCHANGED,
+    )
+    assert first.id == again.id == edited.id == stale.id
+    assert stale.label == "raw_edge"
+    assert _count(db_session, Annotation) == 1
+    assert repo.current_label(session=db_session, image_id=image.id) == "raw_edge"
+
+
+def test_record_annotation_refuses_a_label_studio_id_of_another_image(db_session: Session) -> None:
+    first, second = new_image(db_session, "1.png"), new_image(db_session, "2.png")
+    repo.record_annotation(
+        session=db_session, image_id=first.id, label="ok", annotator="a", ls_annotation_id=9
+    )
+    with pytest.raises(IntegrityViolation, match="recorded for image"):
+        repo.record_annotation(
+            session=db_session, image_id=second.id, label="ok", annotator="a", ls_annotation_id=9
+        )
+
+
+def test_imported_labels_without_label_studio_id_are_deduplicated(db_session: Session) -> None:
+    image = new_image(db_session)
+    kwargs = {
+        "session": db_session,
+        "image_id": image.id,
+        "origin": AnnotationOrigin.IMPORT,
+        "annotator": None,
+    }
+    _, outcome = repo.record_annotation(label="hole", **kwargs)
+    _, outcome_again = repo.record_annotation(label="hole", **kwargs)
+    _, outcome_other = repo.record_annotation(label="ok", **kwargs)
+    assert (outcome, outcome_again, outcome_other) == (
+        RecordOutcome.CREATED,
+        RecordOutcome.UNCHANGED,
+        RecordOutcome.CREATED,
+    )
+
+
+def test_current_label_skips_deleted_and_cancelled_annotations(db_session: Session) -> None:
+    image = new_image(db_session)
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    assert repo.current_label(session=db_session, image_id=image.id) is None
+    repo.record_annotation(
+        session=db_session,
+        image_id=image.id,
+        label="hole",
+        annotator="a",
+        ls_annotation_id=1,
+        annotated_at=at,
+    )
+    repo.record_annotation(
+        session=db_session,
+        image_id=image.id,
+        label="ok",
+        annotator="b",
+        ls_annotation_id=2,
+        annotated_at=at + timedelta(hours=1),
+    )
+    repo.record_annotation(
+        session=db_session,
+        image_id=image.id,
+        label=None,
+        annotator="c",
+        ls_annotation_id=3,
+        was_cancelled=True,
+        annotated_at=at + timedelta(hours=2),
+    )
+    assert repo.current_label(session=db_session, image_id=image.id) == "ok"
+    assert repo.mark_annotation_deleted(session=db_session, ls_annotation_id=2)
+    assert not repo.mark_annotation_deleted(session=db_session, ls_annotation_id=2)
+    assert not repo.mark_annotation_deleted(session=db_session, ls_annotation_id=404)
+    assert repo.current_label(session=db_session, image_id=image.id) == "hole"
+    # A late re-delivery of the deleted annotation does not bring it back.
+    _, outcome = repo.record_annotation(
+        session=db_session,
+        image_id=image.id,
+        label="ok",
+        annotator="b",
+        ls_annotation_id=2,
+        annotated_at=at + timedelta(hours=5),
+    )
+    assert outcome is RecordOutcome.UNCHANGED
+    assert repo.current_label(session=db_session, image_id=image.id) == "hole"
+
+
+# --- label tasks -----------------------------------------------------------------------------------
+
+
+def test_label_tasks_are_never_planned_twice_for_a_project(db_session: Session) -> None:
+    image = new_image(db_session)
+    kwargs = {"session": db_session, "image_id": image.id, "informativeness": 0.9, "strategy": "entropy"}
+    task, created = repo.add_label_task(ls_project_id=1, **kwargs)
+    again, created_again = repo.add_label_task(ls_project_id=1, **kwargs)
+    other_project, created_other = repo.add_label_task(ls_project_id=2, **kwargs)
+    assert (created, created_again, created_other) == (True, False, True)
+    assert again.id == task.id != other_project.id
+    assert repo.list_label_task_image_ids(session=db_session, ls_project_id=1) == {image.id}
+
+    pushed = repo.mark_label_task_pushed(session=db_session, label_task_id=task.id, ls_task_id=3001)
+    assert pushed.status is LabelTaskStatus.PUSHED
+    assert pushed.pushed_at is not None
+    assert (
+        repo.mark_label_task_pushed(session=db_session, label_task_id=task.id, ls_task_id=3001).id == task.id
+    )
+    with pytest.raises(InvalidTransitionError, match="already pushed as Label Studio task 3001"):
+        repo.mark_label_task_pushed(session=db_session, label_task_id=task.id, ls_task_id=3002)
+    assert repo.mark_label_task_completed(session=db_session, ls_project_id=1, ls_task_id=3001)
+    assert not repo.mark_label_task_completed(session=db_session, ls_project_id=1, ls_task_id=3001)
+
+
+def test_a_failed_push_keeps_its_reason_and_can_be_retried(db_session: Session) -> None:
+    image = new_image(db_session)
+    task, _ = repo.add_label_task(
+        session=db_session, image_id=image.id, ls_project_id=1, informativeness=0.5, strategy="margin"
+    )
+    failed = repo.mark_label_task_failed(
+        session=db_session, label_task_id=task.id, reason="Label Studio down"
+    )
+    assert (failed.status, failed.reason) == (LabelTaskStatus.FAILED, "Label Studio down")
+    pushed = repo.mark_label_task_pushed(session=db_session, label_task_id=task.id, ls_task_id=12)
+    assert (pushed.status, pushed.reason) == (LabelTaskStatus.PUSHED, None)
+    with pytest.raises(InvalidTransitionError):
+        repo.mark_label_task_failed(session=db_session, label_task_id=task.id, reason="too late")
+
+
+def test_one_label_studio_task_cannot_belong_to_two_images(db_session: Session) -> None:
+    first, second = new_image(db_session, "1.png"), new_image(db_session, "2.png")
+    tasks = [
+        repo.add_label_task(
+            session=db_session, image_id=i.id, ls_project_id=1, informativeness=1, strategy="s"
+        )[0]
+        for i in (first, second)
+    ]
+    repo.mark_label_task_pushed(session=db_session, label_task_id=tasks[0].id, ls_task_id=55)
+    with pytest.raises(IntegrityViolation, match="already linked"):
+        repo.mark_label_task_pushed(session=db_session, label_task_id=tasks[1].id, ls_task_id=55)
+
+
+# --- training runs, evaluation sets, comparisons ----------------------------------------------------
+
+
+def test_training_run_lifecycle(db_session: Session) -> None:
+    run = repo.create_training_run(
+        session=db_session,
+        task=ModelTask.BINARY,
+        architecture="resnet18",
+        trigger=TrainingTrigger.LABEL_COUNT,
+        params={"epochs": 3},
+    )
+    assert run.status is TrainingRunStatus.QUEUED
+    assert repo.start_training_run(session=db_session, run_id=run.id)
+    assert not repo.start_training_run(session=db_session, run_id=run.id)  # a second worker does not start it
+    version = new_model_version(db_session, training_run_id=run.id)
+    finished = repo.finish_training_run(
+        session=db_session,
+        run_id=run.id,
+        status=TrainingRunStatus.SUCCEEDED,
+        n_train=80,
+        n_val=20,
+        model_version_id=version.id,
+    )
+    assert finished.status is TrainingRunStatus.SUCCEEDED
+    assert finished.started_at is not None
+    assert finished.finished_at is not None
+    assert finished.finished_at >= finished.started_at
+    assert finished.model_version_id == version.id
+    with pytest.raises(InvalidTransitionError, match="already finished"):
+        repo.finish_training_run(
+            session=db_session, run_id=run.id, status=TrainingRunStatus.FAILED, error="x"
+        )
+
+
+def test_a_failed_training_run_needs_its_error(db_session: Session) -> None:
+    run = repo.create_training_run(
+        session=db_session,
+        task=ModelTask.MULTICLASS,
+        architecture="baseline_cnn",
+        trigger=TrainingTrigger.MANUAL,
+    )
+    with pytest.raises(ValueError, match="error must not be empty"):
+        repo.finish_training_run(session=db_session, run_id=run.id, status=TrainingRunStatus.FAILED)
+    with pytest.raises(InvalidTransitionError, match="succeeded or failed"):
+        repo.finish_training_run(session=db_session, run_id=run.id, status=TrainingRunStatus.RUNNING)
+    failed = repo.finish_training_run(
+        session=db_session, run_id=run.id, status=TrainingRunStatus.FAILED, error="CUDA out of memory"
+    )
+    assert failed.error == "CUDA out of memory"
+
+
+def test_evaluation_members_are_only_added_never_relabelled(db_session: Session) -> None:
+    images = [new_image(db_session, f"{index}.png") for index in range(3)]
+    eval_set = repo.create_evaluation_set(session=db_session, name="eval-v1", task=ModelTask.BINARY)
+    with pytest.raises(IntegrityViolation, match="already exists"):
+        repo.create_evaluation_set(session=db_session, name="eval-v1", task=ModelTask.BINARY)
+    found = repo.get_evaluation_set(session=db_session, name="eval-v1")
+    assert found is not None
+    assert found.id == eval_set.id
+    added = repo.add_evaluation_members(
+        session=db_session,
+        evaluation_set_id=eval_set.id,
+        members={images[0].id: "ok", images[1].id: "defective"},
+        reason="initial stratified carve",
+    )
+    added_again = repo.add_evaluation_members(
+        session=db_session,
+        evaluation_set_id=eval_set.id,
+        members={images[1].id: "ok", images[2].id: "ok"},
+        reason="new labels",
+    )
+    assert (added, added_again) == (2, 1)
+    members = repo.list_evaluation_members(session=db_session, evaluation_set_id=eval_set.id)
+    assert members == {images[0].id: "ok", images[1].id: "defective", images[2].id: "ok"}
+    with pytest.raises(ValueError, match="reason"):
+        repo.add_evaluation_members(session=db_session, evaluation_set_id=eval_set.id, members={}, reason="")
+    with pytest.raises(NotFoundError, match="evaluation set 999"):
+        repo.add_evaluation_members(session=db_session, evaluation_set_id=999, members={}, reason="r")
+
+
+def test_comparison_and_promotion_are_linked(db_session: Session) -> None:
+    champion = new_model_version(db_session)
+    challenger = new_model_version(db_session)
+    eval_set = repo.create_evaluation_set(session=db_session, name="eval-v2", task=ModelTask.BINARY)
+    comparison = repo.record_comparison(
+        session=db_session,
+        evaluation_set_id=eval_set.id,
+        task=ModelTask.BINARY,
+        champion_version_id=champion.id,
+        challenger_version_id=challenger.id,
+        decision=ComparisonDecision.PROMOTE,
+        reason="McNemar p=0.01, macro-F1 +0.05",
+        numbers={"p_value": 0.01, "delta_macro_f1": 0.05},
+    )
+    promotion = repo.set_champion(
+        session=db_session,
+        version_id=challenger.id,
+        actor="policy",
+        reason=comparison.reason,
+        numbers=comparison.numbers,
+        comparison_id=comparison.id,
+    )
+    assert promotion is not None
+    assert promotion.comparison_id == comparison.id
+    assert comparison.decision is ComparisonDecision.PROMOTE
+    assert comparison.created_at.tzinfo is not None
