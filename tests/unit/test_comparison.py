@@ -1,0 +1,392 @@
+"""Evaluation, calibration, paired statistics and the promotion rule: hand tables and invariants."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from numpy.typing import NDArray
+
+from models.comparison import (
+    Decision,
+    PromotionPolicy,
+    apply_temperature,
+    bootstrap_macro_f1_difference,
+    classification_report,
+    confusion_matrix,
+    decide_promotion,
+    expected_calibration_error,
+    fit_temperature,
+    macro_f1,
+    mcnemar_exact,
+    softmax,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+CLASSES = ("ok", "hole", "seam_puckering")
+
+
+@st.composite
+def labelled_predictions(
+    draw: st.DrawFn,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
+    c = draw(st.integers(2, 5))
+    n = draw(st.integers(1, 60))
+    labels = arrays(np.int64, n, elements=st.integers(0, c - 1))
+    return draw(labels), draw(labels), draw(labels), c
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def test_confusion_matrix_and_report_against_a_hand_calculation() -> None:
+    y_true = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    y_pred = [0, 0, 0, 1, 1, 1, 2, 2, 2, 0]
+    cm = confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[3, 1, 0], [0, 2, 1], [1, 0, 2]]
+    report = classification_report(y_true, y_pred, CLASSES)
+    assert report.accuracy == pytest.approx(0.7)
+    # ok: P = 3/4, R = 3/4; hole: P = 2/3, R = 2/3; seam: P = 2/3, R = 2/3.
+    assert report.precision == pytest.approx((3 / 4, 2 / 3, 2 / 3))
+    assert report.recall == pytest.approx((3 / 4, 2 / 3, 2 / 3))
+    assert report.f1 == pytest.approx((3 / 4, 2 / 3, 2 / 3))
+    assert report.macro_f1 == pytest.approx((3 / 4 + 4 / 3) / 3)
+    assert report.support == (4, 3, 3)
+    assert report.recall_of("hole") == pytest.approx(2 / 3)
+    assert report.ece is None
+    json.dumps(report.to_dict(), allow_nan=False)
+    with pytest.raises(KeyError, match="unknown class 'raw_edge'"):
+        report.recall_of("raw_edge")
+
+
+def test_never_predicted_class_has_zero_precision() -> None:
+    report = classification_report([0, 1, 1], [0, 0, 0], ("ok", "hole"))
+    assert report.precision == pytest.approx((1 / 3, 0.0))
+    assert report.recall == pytest.approx((1.0, 0.0))
+    assert report.f1 == pytest.approx((0.5, 0.0))
+    assert report.macro_f1 == pytest.approx(0.25)
+
+
+def test_macro_f1_averages_only_classes_that_occur() -> None:
+    # Class 2 appears in neither labels nor predictions, so it is not averaged in (scikit-learn's default).
+    assert macro_f1([0, 1], [0, 1], 3) == pytest.approx(1.0)
+
+
+@FAST
+@given(data=labelled_predictions())
+def test_metrics_match_scikit_learn(
+    data: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int],
+) -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    y_true, y_pred, _, c = data
+    names = tuple(f"c{i}" for i in range(c))
+    report = classification_report(y_true, y_pred, names)
+    assert report.macro_f1 == pytest.approx(
+        metrics.f1_score(y_true, y_pred, average="macro", zero_division=0)
+    )
+    assert report.accuracy == pytest.approx(metrics.accuracy_score(y_true, y_pred))
+    labels = list(range(c))
+    assert np.array_equal(np.array(report.confusion), metrics.confusion_matrix(y_true, y_pred, labels=labels))
+    np.testing.assert_allclose(
+        report.recall, metrics.recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    )
+    np.testing.assert_allclose(
+        report.precision,
+        metrics.precision_score(y_true, y_pred, labels=labels, average=None, zero_division=0),
+    )
+
+
+def test_ece_hand_example() -> None:
+    # Bins of width 0.5: (0, 0.5] holds nothing here; (0.5, 1] holds all four.
+    probs = [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]]
+    y = [0, 1, 1, 1]  # correct, wrong, correct, correct
+    # One bin: accuracy 3/4, mean confidence (0.9 + 0.8 + 0.7 + 0.6) / 4 = 0.75 -> ECE 0.
+    assert expected_calibration_error(probs, y, n_bins=2) == pytest.approx(0.0)
+    # Ten bins: (0.8, 0.9] {0.9 correct}, (0.7, 0.8] {0.8 wrong}, (0.6, 0.7] {0.7 ok}, (0.5, 0.6] {0.6 ok}.
+    expected = (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(1 - 0.6)) / 4
+    assert expected_calibration_error(probs, y, n_bins=10) == pytest.approx(expected)
+
+
+def test_ece_of_a_perfect_confident_model_is_zero_and_of_a_confidently_wrong_one_is_one() -> None:
+    assert expected_calibration_error([[1.0, 0.0], [0.0, 1.0]], [0, 1]) == 0.0
+    assert expected_calibration_error([[1.0, 0.0], [0.0, 1.0]], [1, 0]) == 1.0
+
+
+def test_report_includes_ece_when_probabilities_are_given() -> None:
+    report = classification_report([0, 1], [0, 1], ("ok", "hole"), probs=[[0.9, 0.1], [0.2, 0.8]])
+    assert report.ece == pytest.approx((0.1 + 0.2) / 2)
+
+
+def test_mcnemar_hand_table() -> None:
+    # b = 1 (only A right), c = 6 (only B right), plus 5 items both right and 2 both wrong.
+    a = [True] * 1 + [False] * 6 + [True] * 5 + [False] * 2
+    b = [False] * 1 + [True] * 6 + [True] * 5 + [False] * 2
+    result = mcnemar_exact(a, b)
+    assert (result.b, result.c) == (1, 6)
+    # Two-sided: 2 * P(X <= 1), X ~ Bin(7, 1/2) = 2 * (1 + 7) / 128 = 0.125.
+    assert result.p_value == pytest.approx(0.125)
+    assert result.p_value == pytest.approx(2 * (math.comb(7, 0) + math.comb(7, 1)) / 2**7)
+
+
+def test_mcnemar_edge_cases() -> None:
+    assert mcnemar_exact([True, False], [True, False]).p_value == 1.0  # no discordant pairs
+    assert mcnemar_exact([True], [False]).p_value == 1.0  # 2 * 1/2, capped
+    assert mcnemar_exact([True] * 3 + [False] * 3, [False] * 3 + [True] * 3).p_value == 1.0  # b == c
+    assert mcnemar_exact([False] * 10, [True] * 10).p_value == pytest.approx(2 / 2**10)
+    big = mcnemar_exact(np.arange(40_000) % 2 == 0, np.arange(40_000) % 3 == 0)
+    assert 0.0 <= big.p_value <= 1.0
+    with pytest.raises(ValueError, match="same length"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_mcnemar_matches_scipy_binomtest() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for b, c in [(0, 5), (3, 9), (12, 30), (50, 41), (200, 260)]:
+        a = [True] * b + [False] * c
+        bb = [False] * b + [True] * c
+        expected = stats.binomtest(min(b, c), b + c, 0.5).pvalue
+        assert mcnemar_exact(a, bb).p_value == pytest.approx(expected, rel=1e-9)
+
+
+def test_temperature_is_recovered_from_overconfident_logits() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(scale=2.0, size=(4000, 4))
+    p = softmax(true_logits)
+    y = np.array([rng.choice(4, p=row) for row in p])
+    fitted = fit_temperature(3.0 * true_logits, y)
+    assert fitted == pytest.approx(3.0, rel=0.1)
+    calibrated = apply_temperature(3.0 * true_logits, fitted)
+    uncalibrated = softmax(3.0 * true_logits)
+    assert expected_calibration_error(calibrated, y) < expected_calibration_error(uncalibrated, y)
+
+
+def test_invalid_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match="same length"):
+        confusion_matrix([0, 1], [0], 2)
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature([[1.0, 2.0]], 0.0)
+    with pytest.raises(ValueError, match="not logits"):
+        expected_calibration_error([[3.0, -1.0]], [0])
+    with pytest.raises(ValueError, match="empty"):
+        classification_report([], [], ("ok", "hole"))
+
+
+# ------------------------------------------------------------------------------------------- invariants
+@FAST
+@given(
+    logits=arrays(
+        np.float64, st.tuples(st.integers(1, 30), st.integers(2, 5)), elements=st.integers(-40, 40)
+    ),
+    n_bins=st.integers(1, 20),
+    data=st.data(),
+)
+def test_ece_in_unit_interval(logits: NDArray[np.float64], n_bins: int, data: st.DataObject) -> None:
+    y = data.draw(arrays(np.int64, logits.shape[0], elements=st.integers(0, logits.shape[1] - 1)))
+    ece = expected_calibration_error(softmax(logits / 4.0), y, n_bins=n_bins)
+    assert 0.0 <= ece <= 1.0
+
+
+@FAST
+@given(
+    # Quarter steps keep distinct logits distinct after division by any T in range.
+    logits=arrays(
+        np.float64, st.tuples(st.integers(1, 20), st.integers(2, 5)), elements=st.integers(-80, 80)
+    ),
+    temperature=st.floats(0.05, 20.0),
+)
+def test_temperature_scaling_keeps_the_argmax(logits: NDArray[np.float64], temperature: float) -> None:
+    logits = logits / 4.0
+    scaled = apply_temperature(logits, temperature)
+    assert np.array_equal(scaled.argmax(axis=1), logits.argmax(axis=1))
+    np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+
+
+@FAST
+@given(
+    logits=arrays(np.float64, st.tuples(st.integers(1, 40), st.integers(2, 4)), elements=st.floats(-10, 10)),
+    data=st.data(),
+)
+def test_fitted_temperature_is_within_bounds(logits: NDArray[np.float64], data: st.DataObject) -> None:
+    y = data.draw(arrays(np.int64, logits.shape[0], elements=st.integers(0, logits.shape[1] - 1)))
+    t = fit_temperature(logits, y, bounds=(0.1, 10.0))
+    assert 0.1 <= t <= 10.0
+
+
+@FAST
+@given(
+    a=arrays(np.bool_, st.integers(0, 80)),
+    data=st.data(),
+)
+def test_mcnemar_p_in_unit_interval_and_symmetric(a: NDArray[np.bool_], data: st.DataObject) -> None:
+    b = data.draw(arrays(np.bool_, a.shape[0]))
+    forward = mcnemar_exact(a, b)
+    backward = mcnemar_exact(b, a)
+    assert 0.0 <= forward.p_value <= 1.0
+    assert (forward.b, forward.c) == (backward.c, backward.b)
+    assert forward.p_value == backward.p_value
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=labelled_predictions(), seed=st.integers(0, 1000))
+def test_bootstrap_of_identical_predictors_is_zero(
+    data: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int], seed: int
+) -> None:
+    y, pred, _, c = data
+    interval = bootstrap_macro_f1_difference(y, pred, pred, c, n_boot=200, seed=seed)
+    assert interval == (0.0, 0.0, 0.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=labelled_predictions(), seed=st.integers(0, 1000))
+def test_bootstrap_is_deterministic_and_antisymmetric(
+    data: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int], seed: int
+) -> None:
+    y, a, b, c = data
+    forward = bootstrap_macro_f1_difference(y, a, b, c, n_boot=200, seed=seed)
+    assert forward == bootstrap_macro_f1_difference(y, a, b, c, n_boot=200, seed=seed)
+    assert forward.low <= forward.high
+    assert forward.observed == pytest.approx(macro_f1(y, b, c) - macro_f1(y, a, c))
+    backward = bootstrap_macro_f1_difference(y, b, a, c, n_boot=200, seed=seed)
+    assert backward.observed == pytest.approx(-forward.observed)
+    assert backward.low == pytest.approx(-forward.high)
+
+
+def test_bootstrap_interval_excludes_zero_for_a_clearly_better_model() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=400)
+    good = np.where(rng.random(400) < 0.9, y, (y + 1) % 3)
+    poor = np.where(rng.random(400) < 0.6, y, (y + 1) % 3)
+    interval = bootstrap_macro_f1_difference(y, poor, good, 3)
+    assert 0.0 < interval.low < interval.observed < interval.high
+
+
+# -------------------------------------------------------------------------------------------- promotion
+def _noisy(y: NDArray[np.int64], accuracy: float, seed: int, n_classes: int = 3) -> NDArray[np.int64]:
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(len(y)) < accuracy, y, (y + rng.integers(1, n_classes, len(y))) % n_classes)
+
+
+@pytest.fixture
+def y_eval() -> NDArray[np.int64]:
+    return np.random.default_rng(7).integers(0, 3, size=600)
+
+
+def _assert_json(decision: Decision) -> None:
+    text = json.dumps(decision.numbers, allow_nan=False)
+    assert json.loads(text) == decision.numbers
+
+
+def test_no_champion_promotes(y_eval: NDArray[np.int64]) -> None:
+    decision = decide_promotion(
+        y_true=y_eval, challenger_pred=_noisy(y_eval, 0.7, 1), champion_pred=None, class_names=CLASSES
+    )
+    assert decision.promote
+    assert "no champion yet" in decision.reason
+    assert decision.numbers["champion"] is None
+    _assert_json(decision)
+
+
+def test_clearly_better_challenger_is_promoted(y_eval: NDArray[np.int64]) -> None:
+    policy = PromotionPolicy(recall_floors={"hole": 0.5}, require_mcnemar=True)
+    decision = decide_promotion(
+        y_true=y_eval,
+        challenger_pred=_noisy(y_eval, 0.9, 1),
+        champion_pred=_noisy(y_eval, 0.7, 2),
+        class_names=CLASSES,
+        policy=policy,
+        challenger_probs=np.full((600, 3), 1 / 3),
+    )
+    assert decision.promote, decision.reason
+    assert decision.reason.startswith("promote: challenger macro-F1 0.")
+    assert "95% CI [" in decision.reason
+    assert "McNemar p=" in decision.reason
+    assert "recall floors met" in decision.reason
+    numbers = decision.numbers
+    assert numbers["macro_f1_gain"] > 0.1
+    assert numbers["bootstrap"]["low"] > 0.0
+    assert numbers["mcnemar"]["p_value"] < 0.05
+    assert numbers["recall_floors"]["hole"]["met"] is True
+    assert numbers["challenger"]["ece"] is not None
+    _assert_json(decision)
+
+
+def test_tiny_gain_is_kept_with_the_gain_in_the_reason(y_eval: NDArray[np.int64]) -> None:
+    champion = _noisy(y_eval, 0.8, 3)
+    challenger = champion.copy()
+    wrong = np.flatnonzero(challenger != y_eval)[:2]
+    challenger[wrong] = y_eval[wrong]  # two more items right: a gain well below 0.01
+    decision = decide_promotion(
+        y_true=y_eval, challenger_pred=challenger, champion_pred=champion, class_names=CLASSES
+    )
+    assert not decision.promote
+    gain = decision.numbers["macro_f1_gain"]
+    assert 0.0 < gain < 0.01
+    assert decision.reason.startswith(f"keep: macro-F1 gain {gain:+.3f} below minimum +0.010")
+    _assert_json(decision)
+
+
+def test_gain_without_significance_is_kept(y_eval: NDArray[np.int64]) -> None:
+    champion = _noisy(y_eval, 0.8, 3)
+    challenger = champion.copy()
+    wrong = np.flatnonzero(challenger != y_eval)[:2]
+    challenger[wrong] = y_eval[wrong]
+    decision = decide_promotion(
+        y_true=y_eval,
+        challenger_pred=challenger,
+        champion_pred=champion,
+        class_names=CLASSES,
+        policy=PromotionPolicy(min_macro_f1_gain=0.0, require_significance=True),
+    )
+    low = decision.numbers["bootstrap"]["low"]
+    assert decision.promote == (low > 0.0)
+    relaxed = decide_promotion(
+        y_true=y_eval,
+        challenger_pred=challenger,
+        champion_pred=champion,
+        class_names=CLASSES,
+        policy=PromotionPolicy(min_macro_f1_gain=0.0, require_significance=False),
+    )
+    assert relaxed.promote
+
+
+def test_recall_floor_blocks_a_better_challenger_and_names_the_class(y_eval: NDArray[np.int64]) -> None:
+    challenger = _noisy(y_eval, 0.95, 1)
+    holes = np.flatnonzero(y_eval == 1)
+    challenger[holes[: int(0.6 * len(holes))]] = 0  # misses most holes, still better overall
+    champion = _noisy(y_eval, 0.6, 2)
+    decision = decide_promotion(
+        y_true=y_eval,
+        challenger_pred=challenger,
+        champion_pred=champion,
+        class_names=CLASSES,
+        policy=PromotionPolicy(recall_floors={"hole": 0.5, "raw_edge": 0.9}),
+    )
+    assert decision.numbers["macro_f1_gain"] > 0.01
+    assert not decision.promote
+    recall = decision.numbers["recall_floors"]["hole"]["recall"]
+    assert recall < 0.5
+    assert decision.reason.startswith(f"keep: recall of hole {recall:.2f} below floor 0.50")
+    assert decision.numbers["recall_floors_skipped"] == ["raw_edge"]  # not a class of this task
+    _assert_json(decision)
+
+
+def test_decision_is_deterministic(y_eval: NDArray[np.int64]) -> None:
+    kwargs = {
+        "y_true": y_eval,
+        "challenger_pred": _noisy(y_eval, 0.82, 1),
+        "champion_pred": _noisy(y_eval, 0.8, 2),
+        "class_names": CLASSES,
+    }
+    assert decide_promotion(**kwargs) == decide_promotion(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_validation() -> None:
+    with pytest.raises(ValueError, match="significance"):
+        PromotionPolicy(significance=1.5)
+    with pytest.raises(ValueError, match="recall floor"):
+        PromotionPolicy(recall_floors={"hole": 2.0})
