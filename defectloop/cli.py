@@ -57,6 +57,9 @@ def _root(ctx: typer.Context) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
+    if settings.log_level != "DEBUG":
+        # Alembic narrates every plugin it loads at INFO; users only need to hear about failures.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     ctx.obj = settings
 
 
@@ -92,14 +95,13 @@ def doctor(
     from defectloop.doctor import Outcome, run_checks
 
     results = run_checks(_settings(ctx))
-    table = Table(title="defectloop doctor")
-    for column in ("component", "status", "target", "detail", "setting"):
-        table.add_column(column)
     colours = {Outcome.OK: "green", Outcome.WARNING: "yellow", Outcome.MISSING: "red"}
     for r in results:
-        status = f"[{colours[r.outcome]}]{r.outcome}[/]" + ("" if r.required else " (optional)")
-        table.add_row(r.component, status, r.target, r.detail, r.setting)
-    console.print(table)
+        optional = "" if r.required else " [dim](optional)[/]"
+        mark = f"[{colours[r.outcome]}]{r.outcome.value:<8}[/]"
+        console.print(f"{mark}[bold]{r.component}[/]{optional}  {r.target}", highlight=False)
+        setting = "" if r.setting in r.detail else f"  [dim]({r.setting})[/]"
+        console.print(f"        {r.detail}{setting}", highlight=False)
     failed = [r for r in results if r.outcome is Outcome.MISSING and (r.required or strict)]
     if failed:
         err_console.print(f"[red]missing: {', '.join(r.component for r in failed)}[/]")

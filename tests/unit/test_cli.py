@@ -113,3 +113,22 @@ def test_settings_command_masks_secrets(tmp_path: Path) -> None:
     assert env_name("label_studio_api_key") in result.stdout
     assert "ls-token-abcdef" not in result.stdout + result.stderr
     assert "broker-pass" not in result.stdout + result.stderr
+
+
+def test_doctor_reports_missing_services_without_leaking_secrets(tmp_path: Path) -> None:
+    assert run_cli("db", "upgrade", data_dir=tmp_path).returncode == 0
+    result = run_cli(
+        "doctor",
+        data_dir=tmp_path,
+        DEFECTLOOP_BROKER_URL="redis://:broker-pass@127.0.0.1:1/0",
+        DEFECTLOOP_LABEL_STUDIO_URL="http://127.0.0.1:1",
+        DEFECTLOOP_LABEL_STUDIO_API_KEY="ls-token-abcdef",
+        DEFECTLOOP_WEBHOOK_SECRET="webhook-secret-value",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "missing: broker" in result.stderr
+    assert "DEFECTLOOP_BROKER_URL" in output
+    assert "DEFECTLOOP_LABEL_STUDIO_URL" in output
+    for secret in ("broker-pass", "ls-token-abcdef", "webhook-secret-value"):
+        assert secret not in output
