@@ -37,6 +37,7 @@ from db.schema import (
     ImageStatus,
     LabelTask,
     LabelTaskStatus,
+    ModelEvaluation,
     ModelStatus,
     ModelTask,
     ModelVersion,
@@ -475,6 +476,14 @@ def register_model_version(
 def get_model_version(*, session: Session, version_id: int) -> ModelVersion:
     """The model version with this id; raises `NotFoundError`."""
     return _get(session, ModelVersion, version_id, "model version")
+
+
+def get_model_version_by_name(*, session: Session, name: str) -> ModelVersion:
+    """The model version called `name` (e.g. ``binary-resnet18-0003``); raises `NotFoundError`."""
+    version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).one_or_none()
+    if version is None:
+        raise NotFoundError(f"no model version named {name!r}; `defectloop versions` lists them")
+    return version
 
 
 def get_champion(*, session: Session, task: ModelTask) -> ModelVersion | None:
@@ -955,3 +964,39 @@ def record_comparison(
     with _integrity("comparison could not be recorded (do the evaluation set and model versions exist?)"):
         session.flush()
     return comparison
+
+
+def record_evaluation(
+    *,
+    session: Session,
+    model_version_id: int,
+    dataset: str,
+    dataset_sha256: str,
+    n_images: int,
+    metrics: Mapping[str, Any],
+) -> ModelEvaluation:
+    """Store a model version's scores on a labelled data set (each run is a row; nothing is overwritten)."""
+    _require_text(dataset, "dataset")
+    if not _SHA256.match(dataset_sha256):
+        raise IntegrityViolation(f"dataset_sha256 must be 64 lower-case hex digits, got {dataset_sha256!r}")
+    evaluation = ModelEvaluation(
+        model_version_id=model_version_id,
+        dataset=dataset,
+        dataset_sha256=dataset_sha256,
+        n_images=n_images,
+        metrics=dict(metrics),
+    )
+    session.add(evaluation)
+    with _integrity("evaluation could not be recorded (does the model version exist?)"):
+        session.flush()
+    return evaluation
+
+
+def list_evaluations(*, session: Session, model_version_id: int) -> list[ModelEvaluation]:
+    """Evaluations of one model version, oldest first."""
+    stmt = (
+        select(ModelEvaluation)
+        .where(ModelEvaluation.model_version_id == model_version_id)
+        .order_by(ModelEvaluation.id)
+    )
+    return list(session.scalars(stmt))

@@ -436,3 +436,18 @@ class Promotion(Base):
     numbers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     comparison_id: Mapped[int | None] = mapped_column(ForeignKey("comparisons.id"), nullable=True)
     created_at: Mapped[datetime] = _created_at()
+
+
+class ModelEvaluation(Base):
+    """A model version scored on a labelled data set outside the loop (``defectloop evaluate``)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True, nullable=False)
+    # Where the data came from, and a fingerprint of its (file, label) list: one name can hold other data.
+    dataset: Mapped[str] = mapped_column(String(PATH_LENGTH), nullable=False)
+    dataset_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    n_images: Mapped[int] = mapped_column(Integer, nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = _created_at()

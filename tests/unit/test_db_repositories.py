@@ -604,3 +604,49 @@ def test_comparison_and_promotion_are_linked(db_session: Session) -> None:
     assert promotion.comparison_id == comparison.id
     assert comparison.decision is ComparisonDecision.PROMOTE
     assert comparison.created_at.tzinfo is not None
+
+
+# --- evaluations -----------------------------------------------------------------------------------
+
+
+def test_evaluations_are_appended_per_run_and_listed_oldest_first(db_session: Session) -> None:
+    version = new_model_version(db_session)
+    found = repo.get_model_version_by_name(session=db_session, name=version.name)
+    assert found.id == version.id
+    first = repo.record_evaluation(
+        session=db_session,
+        model_version_id=version.id,
+        dataset="/data/aitex",
+        dataset_sha256=sha_of("aitex-v1"),
+        n_images=120,
+        metrics={"macro_f1": 0.61},
+    )
+    second = repo.record_evaluation(
+        session=db_session,
+        model_version_id=version.id,
+        dataset="/data/aitex",
+        dataset_sha256=sha_of("aitex-v1"),
+        n_images=120,
+        metrics={"macro_f1": 0.61},
+    )
+    listed = repo.list_evaluations(session=db_session, model_version_id=version.id)
+    assert [e.id for e in listed] == [first.id, second.id]
+    assert listed[0].metrics == {"macro_f1": 0.61}
+
+
+def test_evaluation_needs_a_real_version_and_a_fingerprint(db_session: Session) -> None:
+    with pytest.raises(NotFoundError, match="defectloop versions"):
+        repo.get_model_version_by_name(session=db_session, name="binary-nope-0001")
+    with pytest.raises(IntegrityViolation, match="64 lower-case hex"):
+        repo.record_evaluation(
+            session=db_session, model_version_id=1, dataset="x", dataset_sha256="abc", n_images=1, metrics={}
+        )
+    with pytest.raises(IntegrityViolation, match="does the model version exist"):
+        repo.record_evaluation(
+            session=db_session,
+            model_version_id=987_654,
+            dataset="x",
+            dataset_sha256=sha_of("x"),
+            n_images=1,
+            metrics={},
+        )
