@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         default=Path("var"),
         description="Where the embedded database, broker, model artifacts and reports live.",
     )
+    datasets_dir: Path = Field(
+        default=Path("../shared/datasets"),
+        description="Where the public evaluation data sets live (aitex-tiles, stitchingnet-samples).",
+    )
     database_url: str = Field(
         default="",
         description="SQLAlchemy URL of the registry; empty means a SQLite file under the data directory.",
@@ -152,6 +156,7 @@ class Settings(BaseSettings):
         # The instance is frozen; filling derived defaults once here keeps every consumer simple.
         data_dir = self.data_dir.expanduser().resolve()
         object.__setattr__(self, "data_dir", data_dir)
+        object.__setattr__(self, "datasets_dir", self.datasets_dir.expanduser().resolve())
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'defectloop.db'}")
         if not self.broker_url:
