@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from db.errors import DatabaseError
 from defectloop.errors import DefectloopError, NotBuiltYetError, SettingsError
 from defectloop.settings import Settings, load_settings
+from models.errors import ModelError
+from workers.errors import WorkerError
+
+if TYPE_CHECKING:
+    from models.comparison import Evaluation
+    from workers.importing import ImportReport
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -195,6 +203,289 @@ def db_current(ctx: typer.Context) -> None:
     console.print(f"database at {current or '(not migrated)'}; code needs {head_revision()}")
 
 
+# --- engineers: train, evaluate, import labelled folders ------------------------------------------
+
+
+class TaskName(StrEnum):
+    """The two tasks (db.schema.ModelTask, repeated here so that --help needs no database import)."""
+
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+
+
+def _parse_class_map(values: list[str] | None) -> dict[str, str]:
+    """``["defect=defective", ...]`` -> ``{"defect": "defective"}``; a malformed entry is a usage error."""
+    mapping: dict[str, str] = {}
+    for value in values or []:
+        folder, sep, label = (part.strip() for part in value.partition("="))
+        if not sep or not folder or not label or "=" in label:
+            raise typer.BadParameter(
+                f"expected FOLDER=LABEL (e.g. defect=defective), got {value!r}", param_hint="--class-map"
+            )
+        if mapping.get(folder, label) != label:
+            raise typer.BadParameter(
+                f"folder {folder!r} is mapped twice ({mapping[folder]!r} and {label!r})",
+                param_hint="--class-map",
+            )
+        mapping[folder] = label
+    return mapping
+
+
+def _check_positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"must be positive, got {value}")
+    return value
+
+
+def _check_fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def _check_channels(value: int | None) -> int | None:
+    if value is not None and value not in (1, 3):
+        raise typer.BadParameter(f"must be 1 (grayscale) or 3 (RGB), got {value}")
+    return value
+
+
+_ClassMapOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--class-map",
+        metavar="FOLDER=LABEL",
+        help="Label of a class folder named otherwise, e.g. defect=defective; repeat for more folders.",
+    ),
+]
+_DatasetOption = Annotated[
+    Path,
+    typer.Option(
+        "--dataset",
+        exists=True,
+        file_okay=False,
+        dir_okay=True,
+        help="Labelled folder: one sub-folder per class (ImageFolder layout).",
+    ),
+]
+
+
+def _print_evaluation(evaluation: Evaluation, title: str) -> None:
+    """Per-class precision / recall / F1 / support, the summary figures and the confusion matrix."""
+    table = Table(title=title)
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for i, name in enumerate(evaluation.class_names):
+        table.add_row(
+            name,
+            f"{evaluation.precision[i]:.3f}",
+            f"{evaluation.recall[i]:.3f}",
+            f"{evaluation.f1[i]:.3f}",
+            str(evaluation.support[i]),
+        )
+    console.print(table)
+    ece = "n/a" if evaluation.ece is None else f"{evaluation.ece:.3f}"
+    console.print(
+        f"accuracy {evaluation.accuracy:.3f}   macro-F1 {evaluation.macro_f1:.3f}   ECE {ece}   "
+        f"images {evaluation.n}",
+        highlight=False,
+    )
+    confusion = Table(title="confusion matrix")
+    confusion.add_column("true \\ predicted")
+    for name in evaluation.class_names:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(evaluation.class_names, evaluation.confusion, strict=True):
+        confusion.add_row(name, *(str(v) for v in row))
+    console.print(confusion)
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    dataset: _DatasetOption,
+    task: Annotated[TaskName, typer.Option(help="binary: ok vs defective; multiclass: defect type.")],
+    arch: Annotated[
+        str, typer.Option(help="Architecture: baseline_cnn, improved_cnn, efficientnet_b0, resnet18.")
+    ],
+    class_map: _ClassMapOption = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = 15,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(callback=_check_positive, help="AdamW learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batches.")] = 0,
+    val_fraction: Annotated[
+        float, typer.Option(callback=_check_fraction, help="Share of the groups held out for validation.")
+    ] = 0.2,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better val macro-F1.")] = 4,
+    image_size: Annotated[
+        int | None,
+        typer.Option(min=16, max=1024, show_default="DEFECTLOOP_IMAGE_SIZE", help="Input size in px."),
+    ] = None,
+    channels: Annotated[
+        int | None,
+        typer.Option(
+            callback=_check_channels, show_default="DEFECTLOOP_IMAGE_CHANNELS", help="1 = grayscale, 3 = RGB."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option(help="Start from timm's pretrained weights (needs a reachable model hub).")
+    ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Local pretrained weights file (state dict) to start from."
+        ),
+    ] = None,
+    warm_start: Annotated[
+        str | None, typer.Option(metavar="VERSION", help="Start from an earlier version's weights.")
+    ] = None,
+) -> None:
+    """Train a model version from a labelled folder and register it (the first of a task becomes champion)."""
+    mapping = _parse_class_map(class_map)
+    from defectloop.app import open_database
+
+    settings = _settings(ctx)
+    database = open_database(settings)  # before torch is imported: a database problem is reported at once
+    try:
+        from db.schema import ModelTask
+        from models.data import InputSpec
+        from workers.training import train_from_folder
+
+        spec = InputSpec(
+            image_size=image_size or settings.image_size,
+            channels=channels or settings.image_channels,
+        )
+        outcome = train_from_folder(
+            sessions=database.sessions,
+            dataset=dataset,
+            task=ModelTask(task.value),
+            architecture=arch,
+            good_class=settings.good_class,
+            defect_classes=settings.defect_classes,
+            input_spec=spec,
+            artifacts_dir=settings.artifacts_dir,
+            class_map=mapping,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            val_fraction=val_fraction,
+            patience=patience,
+            pretrained=pretrained,
+            weights=weights,
+            warm_start_version=warm_start,
+            progress=err_console.is_terminal,
+        )
+    finally:
+        database.dispose()
+    role = "champion" if outcome.is_champion else "candidate (the champion stays; compare before promoting)"
+    console.print(f"registered [bold]{outcome.version_name}[/] as {role}", highlight=False)
+    parent = f", warm-started from {outcome.parent_name}" if outcome.parent_name else ""
+    console.print(
+        f"trained on {outcome.n_train} images, validated on {outcome.n_val}; best epoch "
+        f"{outcome.best_epoch}{parent}; training run {outcome.training_run_id}",
+        highlight=False,
+    )
+    console.print(f"artifact {outcome.artifact_path}", highlight=False, soft_wrap=True)
+    console.print(f"sha256 {outcome.artifact_sha256}", highlight=False, soft_wrap=True)
+    _print_evaluation(outcome.val_evaluation, f"{outcome.version_name}: validation")
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Model version name, e.g. binary-resnet18-0003.")],
+    dataset: _DatasetOption,
+    class_map: _ClassMapOption = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """Score a model version on a labelled folder, print the metrics and store them."""
+    mapping = _parse_class_map(class_map)
+    from defectloop.app import open_database
+
+    settings = _settings(ctx)
+    database = open_database(settings)
+    try:
+        from workers.training import evaluate_on_folder
+
+        outcome = evaluate_on_folder(
+            sessions=database.sessions,
+            version_name=version,
+            dataset=dataset,
+            good_class=settings.good_class,
+            defect_classes=settings.defect_classes,
+            class_map=mapping,
+            batch_size=batch_size,
+        )
+    finally:
+        database.dispose()
+    _print_evaluation(outcome.evaluation, f"{outcome.version_name} on {outcome.dataset}")
+    console.print(
+        f"recorded as evaluation {outcome.evaluation_id} ({outcome.n_images} images, "
+        f"data set sha256 {outcome.dataset_sha256[:12]})",
+        highlight=False,
+    )
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="Labelled folder: one sub-folder per class (ImageFolder)."
+        ),
+    ],
+    class_map: _ClassMapOption = None,
+    source: Annotated[
+        str | None, typer.Option(help="Source name to record [default: import:<absolute folder path>].")
+    ] = None,
+) -> None:
+    """Import a labelled folder as images with annotations (origin import); running it again adds nothing."""
+    mapping = _parse_class_map(class_map)
+    from defectloop.app import open_database
+
+    settings = _settings(ctx)
+    database = open_database(settings)
+    try:
+        from models.data import DEFECTIVE
+        from workers.importing import import_folder
+
+        report = import_folder(
+            sessions=database.sessions,
+            root=folder,
+            known_labels=(*settings.classes, DEFECTIVE),
+            class_map=mapping,
+            source_name=source,
+            progress=err_console.is_terminal,
+        )
+    finally:
+        database.dispose()
+    _print_import(report)
+
+
+def _print_import(report: ImportReport) -> None:
+    console.print(
+        f"import of {report.root} as source {report.source_name!r}", highlight=False, soft_wrap=True
+    )
+    table = Table()
+    table.add_column("files")
+    table.add_column("count", justify="right")
+    rows = [
+        ("imported (new images)", report.imported),
+        ("labelled (already known, now labelled)", report.labelled_existing),
+        ("already present", report.already_present),
+        ("relabelled", report.relabelled),
+        ("duplicates (same bytes as an earlier file)", report.duplicates),
+        *((f"quarantined: {reason}", n) for reason, n in report.quarantined.items()),
+        *((f"skipped: {reason}", n) for reason, n in report.skipped.items()),
+        ("total", report.files),
+    ]
+    for what, count in rows:
+        table.add_row(what, str(count))
+    console.print(table)
+    labels = ", ".join(f"{label} {n}" for label, n in report.labels.items()) or "(none)"
+    console.print(f"labels: {labels}", highlight=False)
+
+
 # --- planned commands: listed so --help shows the whole design, refusing loudly until built ----
 
 
@@ -210,7 +501,6 @@ def _planned(typer_app: typer.Typer, name: str, summary: str, plan: str) -> None
     )(command)
 
 
-_ISSUE_3 = "planned in issue #3 (models, training, evaluation)"
 _ISSUE_4 = "planned in issue #4 (ingestion and workers)"
 _ISSUE_5 = "planned in issue #5 (Label Studio labelling)"
 _LATER = "planned for the champion/challenger and demo work after issue #5"
@@ -221,9 +511,6 @@ for _name, _summary, _plan in (
     ("worker", "Run a Celery worker with the defectloop app.", _ISSUE_4),
     ("beat", "Run the Celery beat scheduler (sweeps, selection, reconciliation).", _ISSUE_4),
     ("serve", "Run the webhook receiver and Label Studio ML backend.", _ISSUE_5),
-    ("train", "Train a model version from a labelled folder.", _ISSUE_3),
-    ("evaluate", "Score a model version on a labelled folder.", _ISSUE_3),
-    ("import", "Import a labelled folder as images with annotations.", _ISSUE_3),
     ("retrain", "Train challengers from the labels collected so far.", _LATER),
     ("compare", "Compare champion and challengers on the frozen evaluation set.", _LATER),
     ("promote", "Promote a model version to champion, with a reason.", _LATER),
@@ -255,8 +542,9 @@ def main() -> None:
     except NotBuiltYetError as exc:
         err_console.print(f"[yellow]{exc}[/]", highlight=False)
         sys.exit(2)
-    except (DefectloopError, DatabaseError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+    except (DefectloopError, DatabaseError, ModelError, WorkerError) as exc:
+        # escape: a message may hold brackets (a list of classes) that rich would read as markup.
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -49,7 +49,11 @@ def test_help_lists_the_planned_commands(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "issue"),
-    [(("watch", "/tmp/cam"), "#4"), (("train", "--arch", "resnet18"), "#3"), (("labelling", "init"), "#5")],
+    [
+        (("watch", "/tmp/cam"), "#4"),
+        (("promote", "binary-resnet18-0002"), "champion/challenger"),
+        (("labelling", "init"), "#5"),
+    ],
 )
 def test_planned_commands_refuse_loudly(tmp_path: Path, args: tuple[str, ...], issue: str) -> None:
     result = run_cli(*args, data_dir=tmp_path)

@@ -1,0 +1,342 @@
+"""Training and evaluating model versions from labelled folders (workers/training.py, `defectloop train`,
+`defectloop evaluate`): a real migrated SQLite database, real files, real training at 32 px for an epoch.
+
+Small on purpose (16-18 synthetic images, baseline_cnn, one thread) so the file runs in well under a
+minute on two shared cores. Nothing downloads: no model is built with pretrained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import repositories as repo
+from db.migrate import upgrade
+from db.schema import ModelEvaluation, ModelStatus, ModelTask, ModelVersion, TrainingRun, TrainingRunStatus
+from db.session import create_engine_for, make_session_factory
+from defectloop.settings import DEFAULT_CLASSES
+from defectloop.synth import generate_dataset
+from models.data import InputSpec
+from models.errors import CheckpointIntegrityError, ModelError, UnknownArchitectureError
+from models.train import file_sha256
+from workers.errors import DatasetError, IncompatibleVersionError
+from workers.training import TrainOutcome, evaluate_on_folder, train_from_folder
+
+DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
+GOOD, DEFECTS = DEFAULT_CLASSES[0], DEFAULT_CLASSES[1:]
+SPEC = InputSpec(image_size=32, channels=1)
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def binary_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 synthetic photos, ok and hole, 32 px."""
+    root = tmp_path_factory.mktemp("binary") / "images"
+    generate_dataset(root, n=16, seed=3, size=32, classes=("ok", "hole"))
+    return root
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _train(sessions: sessionmaker[Session], dataset: Path, artifacts: Path, **overrides: Any) -> TrainOutcome:
+    kwargs: dict[str, Any] = {
+        "sessions": sessions,
+        "dataset": dataset,
+        "task": ModelTask.BINARY,
+        "architecture": "baseline_cnn",
+        "good_class": GOOD,
+        "defect_classes": DEFECTS,
+        "input_spec": SPEC,
+        "artifacts_dir": artifacts,
+        "epochs": 1,
+        "batch_size": 8,
+        "val_fraction": 0.25,
+        "threads": 1,
+    }
+    kwargs.update(overrides)
+    return train_from_folder(**kwargs)
+
+
+def _renamed_copy(source: Path, target: Path, renames: dict[str, str]) -> Path:
+    """A copy of a synth folder with class folders renamed, and without the manifest (which would name
+    the old folders: a scan ignores class folders that a manifest does not list)."""
+    shutil.copytree(source, target)
+    (target / "manifest.csv").unlink()
+    for old, new in renames.items():
+        (target / old).rename(target / new)
+    return target
+
+
+def _count(sessions: sessionmaker[Session], model: type[Any]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def test_first_version_is_champion_the_next_a_candidate_and_a_warm_start_names_its_parent(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    first = _train(sessions, binary_folder, artifacts)
+    assert first.version_name == "binary-baseline_cnn-0001"
+    assert first.is_champion
+    assert first.artifact_path == artifacts.resolve() / "binary-baseline_cnn-0001.pt"
+    assert first.n_train + first.n_val == 16
+    with sessions() as session:
+        version = repo.get_model_version_by_name(session=session, name=first.version_name)
+        run = repo.get_training_run(session=session, run_id=first.training_run_id)
+        assert version.status is ModelStatus.CHAMPION
+        assert Path(version.artifact_path).is_file()
+        assert file_sha256(version.artifact_path) == version.artifact_sha256 == first.artifact_sha256
+        assert version.classes == ["ok", "defective"]
+        assert version.input_spec == SPEC.to_dict()
+        assert version.hyperparameters["architecture"] == "baseline_cnn"
+        assert version.hyperparameters["epochs"] == 1
+        assert {"macro_f1", "accuracy", "confusion_matrix", "best_epoch", "history"} <= set(version.metrics)
+        assert len(version.metrics["history"]) == 1
+        snapshot = version.training_snapshot or {}
+        assert snapshot["dataset"] == str(binary_folder.resolve())
+        assert len(snapshot["dataset_sha256"]) == 64
+        assert (snapshot["n_train"], snapshot["n_val"]) == (first.n_train, first.n_val)
+        assert snapshot["val_groups"] == first.n_val  # synthetic renders: each file is its own group
+        json.dumps([version.hyperparameters, version.metrics, snapshot])  # plain JSON, nothing else
+        assert run.status is TrainingRunStatus.SUCCEEDED
+        assert run.model_version_id == version.id
+        assert (run.n_train, run.n_val) == (first.n_train, first.n_val)
+    assert not list(artifacts.glob(".*")), "no partial checkpoint is left behind"
+
+    second = _train(sessions, binary_folder, artifacts, seed=1)
+    assert second.version_name == "binary-baseline_cnn-0002"
+    assert not second.is_champion
+    with sessions() as session:
+        champion = repo.get_champion(session=session, task=ModelTask.BINARY)
+        assert champion is not None
+        assert champion.name == first.version_name
+        assert repo.get_model_version(session=session, version_id=second.version_id).status is (
+            ModelStatus.CANDIDATE
+        )
+
+    warm = _train(sessions, binary_folder, artifacts, warm_start_version=first.version_name)
+    assert warm.parent_name == first.version_name
+    with sessions() as session:
+        row = repo.get_model_version(session=session, version_id=warm.version_id)
+        assert row.parent_id == first.version_id
+        assert row.hyperparameters["warm_start_sha256"] == first.artifact_sha256
+
+    runs_before = _count(sessions, TrainingRun)
+    with pytest.raises(IncompatibleVersionError, match="improved_cnn"):
+        _train(
+            sessions,
+            binary_folder,
+            artifacts,
+            architecture="improved_cnn",
+            warm_start_version=first.version_name,
+        )
+    with pytest.raises(IncompatibleVersionError, match="64 px"):
+        _train(
+            sessions,
+            binary_folder,
+            artifacts,
+            input_spec=InputSpec(image_size=64, channels=1),
+            warm_start_version=first.version_name,
+        )
+    assert _count(sessions, TrainingRun) == runs_before, "a refused warm start costs no run"
+
+
+def test_an_unknown_architecture_is_refused_before_anything_is_recorded(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UnknownArchitectureError, match="baseline_cnn") as caught:
+        _train(sessions, binary_folder, tmp_path / "artifacts", architecture="resnet99")
+    assert "resnet99" in str(caught.value)
+    assert _count(sessions, ModelVersion) == 0
+    assert _count(sessions, TrainingRun) == 0
+
+
+def test_a_failure_during_training_marks_the_run_failed_and_registers_nothing(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    dataset = tmp_path / "images"
+    shutil.copytree(binary_folder, dataset)
+    (dataset / "ok" / "ok_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    artifacts = tmp_path / "artifacts"
+    with pytest.raises(ModelError, match=r"ok_corrupt\.png"):
+        _train(sessions, dataset, artifacts)
+    assert _count(sessions, ModelVersion) == 0
+    with sessions() as session:
+        runs = list(session.scalars(select(TrainingRun)))
+    assert len(runs) == 1
+    assert runs[0].status is TrainingRunStatus.FAILED
+    assert "ImageLoadError" in (runs[0].error or "")
+    assert "ok_corrupt.png" in (runs[0].error or "")
+    assert runs[0].model_version_id is None
+    assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_multiclass_trains_on_the_defect_folders_only(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    dataset = tmp_path / "images"
+    generate_dataset(dataset, n=18, seed=4, size=32, classes=("ok", "hole", "raw_edge"))
+    outcome = _train(sessions, dataset, tmp_path / "artifacts", task=ModelTask.MULTICLASS)
+    assert outcome.version_name == "multiclass-baseline_cnn-0001"
+    assert outcome.is_champion, "the first multiclass version is its task's champion"
+    assert outcome.n_train + outcome.n_val == 12  # the 6 ok images are left out
+    with sessions() as session:
+        version = repo.get_model_version(session=session, version_id=outcome.version_id)
+        assert version.classes == list(DEFECTS)
+        assert (version.training_snapshot or {})["labels"] == {"hole": 6, "raw_edge": 6}
+        assert set(outcome.val_evaluation.class_names) == set(DEFECTS)
+
+
+def test_folders_that_cannot_train_are_refused_with_what_to_do(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    unknown = _renamed_copy(binary_folder, tmp_path / "unknown", {"hole": "defect"})
+    with pytest.raises(DatasetError, match="--class-map") as caught:
+        _train(sessions, unknown, artifacts)
+    assert "defect/" in str(caught.value)
+    assert "known labels: ok, defective, hole" in str(caught.value)
+    mapped = _train(sessions, unknown, artifacts, class_map={"defect": "defective"})
+    assert mapped.is_champion
+
+    with pytest.raises(DatasetError, match="no images of a defect type"):
+        _train(sessions, unknown, artifacts, task=ModelTask.MULTICLASS, class_map={"defect": "defective"})
+
+    lonely = tmp_path / "lonely"
+    (lonely / "ok").mkdir(parents=True)
+    (lonely / "hole").mkdir()
+    for i, source in enumerate(sorted((binary_folder / "ok").glob("*.png"))[:4]):
+        shutil.copy(source, lonely / "ok" / f"ok_{i}.png")
+    shutil.copy(next((binary_folder / "hole").glob("*.png")), lonely / "hole" / "hole_0.png")
+    with pytest.raises(DatasetError, match="fewer than 2 images"):
+        _train(sessions, lonely, artifacts)
+    shutil.rmtree(lonely / "hole")
+    with pytest.raises(DatasetError, match="needs ok and defective images"):
+        _train(sessions, lonely, artifacts)
+    with pytest.raises(DatasetError, match="does not exist"):
+        _train(sessions, tmp_path / "missing", artifacts)
+    assert _count(sessions, TrainingRun) == 1, "only the successful run was recorded"
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    trained = _train(sessions, binary_folder, tmp_path / "artifacts")
+    outcome = evaluate_on_folder(
+        sessions=sessions,
+        version_name=trained.version_name,
+        dataset=binary_folder,
+        good_class=GOOD,
+        defect_classes=DEFECTS,
+    )
+    assert outcome.n_images == 16
+    assert outcome.evaluation.ece is not None
+    assert sum(outcome.evaluation.support) == 16
+    with sessions() as session:
+        row = session.get(ModelEvaluation, outcome.evaluation_id)
+        assert row is not None
+        assert row.model_version_id == trained.version_id
+        assert row.dataset == str(binary_folder.resolve())
+        assert row.n_images == 16
+        assert row.metrics["macro_f1"] == pytest.approx(outcome.evaluation.macro_f1)
+        assert row.metrics["confusion_matrix"] == [list(r) for r in outcome.evaluation.confusion]
+        # The same files and labels as training used: the same fingerprint.
+        version = repo.get_model_version(session=session, version_id=trained.version_id)
+        assert row.dataset_sha256 == (version.training_snapshot or {})["dataset_sha256"]
+
+    data = bytearray(trained.artifact_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    trained.artifact_path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointIntegrityError, match="the registry expects"):
+        evaluate_on_folder(
+            sessions=sessions,
+            version_name=trained.version_name,
+            dataset=binary_folder,
+            good_class=GOOD,
+            defect_classes=DEFECTS,
+        )
+    assert _count(sessions, ModelEvaluation) == 1
+
+
+# --- the console script ----------------------------------------------------------------------------
+
+
+def _run_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DEFECTLOOP_")}
+    environ.update(
+        {"DEFECTLOOP_DATA_DIR": str(data_dir), "COLUMNS": "200", "NO_COLOR": "1", "HF_HUB_OFFLINE": "1"}
+    )
+    return subprocess.run(
+        [DEFECTLOOP, *args], capture_output=True, text=True, env=environ, timeout=180, check=False
+    )
+
+
+def test_train_evaluate_and_import_from_the_command_line(binary_folder: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    dataset = _renamed_copy(binary_folder, tmp_path / "images", {"hole": "defect"})
+
+    malformed = _run_cli("train", "--dataset", str(dataset), "--task", "binary", "--arch", "baseline_cnn",
+                         "--class-map", "defect", data_dir=data_dir)  # fmt: skip
+    assert malformed.returncode == 2
+    assert "FOLDER=LABEL" in malformed.stderr
+
+    refused = _run_cli("train", "--dataset", str(dataset), "--task", "binary", "--arch", "baseline_cnn",
+                       data_dir=data_dir)  # fmt: skip
+    assert refused.returncode == 1
+    assert "defectloop db upgrade" in refused.stderr
+
+    assert _run_cli("db", "upgrade", data_dir=data_dir).returncode == 0
+    unknown = _run_cli("import", str(dataset), data_dir=data_dir)
+    assert unknown.returncode == 1
+    assert "--class-map" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+    imported = _run_cli("import", str(dataset), "--class-map", "defect=defective", data_dir=data_dir)
+    assert imported.returncode == 0, imported.stderr
+    assert "imported (new images)" in imported.stdout
+    assert "labels: defective 8, ok 8" in imported.stdout
+
+    trained = _run_cli(
+        "train", "--dataset", str(dataset), "--task", "binary", "--arch", "baseline_cnn",
+        "--class-map", "defect=defective", "--epochs", "1", "--batch-size", "8", "--image-size", "32",
+        "--channels", "1", "--val-fraction", "0.25", data_dir=data_dir,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "registered binary-baseline_cnn-0001 as champion" in trained.stdout
+    assert "macro-F1" in trained.stdout
+    assert (data_dir / "artifacts" / "binary-baseline_cnn-0001.pt").is_file()
+
+    evaluated = _run_cli("evaluate", "binary-baseline_cnn-0001", "--dataset", str(dataset),
+                         "--class-map", "defect=defective", data_dir=data_dir)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    for text in ("precision", "recall", "macro-F1", "ECE", "confusion matrix", "recorded as evaluation 1"):
+        assert text in evaluated.stdout, text
+    assert "16" in evaluated.stdout
