@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -339,13 +340,20 @@ def count_images_by_status(*, session: Session) -> dict[ImageStatus, int]:
 
 
 def count_quarantined_by_reason(*, session: Session) -> dict[str, int]:
-    """Number of quarantined files per reason."""
+    """Number of quarantined files per kind of reason.
+
+    Reasons are stored as ``"<kind>: <detail about this file>"`` (e.g. ``"truncated image: PNG data
+    ends early"``); files are counted by the kind, the part before the first ``": "``.
+    """
     stmt = (
         select(Image.reason, func.count())
         .where(Image.status == ImageStatus.QUARANTINED)
         .group_by(Image.reason)
     )
-    return {reason or "": count for reason, count in session.execute(stmt)}
+    counts: Counter[str] = Counter()
+    for reason, count in session.execute(stmt):
+        counts[(reason or "").split(": ", 1)[0]] += count
+    return dict(counts)
 
 
 # --- predictions ---------------------------------------------------------------------------------

@@ -14,17 +14,13 @@ one batch, which a re-run completes.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import io
 import logging
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
@@ -35,6 +31,7 @@ from db.repositories import RecordOutcome
 from db.schema import Annotation, AnnotationOrigin, ImageStatus, SourceKind, utcnow
 from models.data import ImageRecord
 from workers.folders import relative_path, scan_labelled_folder
+from workers.validation import InvalidImageError, Reason, check_file_name, check_image_bytes, read_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +43,8 @@ _SOURCE_NAME_LENGTH = 200  # db.schema.NAME_LENGTH
 # Statuses an image already known to the loop (from a camera, say) leaves when the import labels it.
 _UNLABELLED = (ImageStatus.NEW, ImageStatus.QUEUED, ImageStatus.PREDICTED, ImageStatus.LABELLING)
 
-# Quarantine reasons, stored as "<reason>: <detail>"; the phrases are those of camera ingestion, so that
-# `defectloop status` counts bad files of both origins together.
-EMPTY_FILE = "empty file"
-NOT_AN_IMAGE = "not an image"
-TRUNCATED = "truncated image"
-CORRUPT = "corrupt image"
-UNREADABLE = "unreadable"
-DECOMPRESSION_BOMB = "decompression bomb"
+# Bad files are quarantined as "<reason>: <detail>" by the same checks as camera ingestion
+# (workers.validation), so `defectloop status` counts bad files of both origins together.
 CONFLICT = "same bytes as an earlier file of another class folder"
 ALREADY_QUARANTINED = "same bytes as a file quarantined before"
 
@@ -216,37 +207,43 @@ def _batches(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[Ima
 
 
 def _check_file(record: ImageRecord, root: Path) -> _Checked:
-    """Read, hash and decode one file; never raises for a bad file, it describes it instead."""
+    """Read, hash and decode one file with the camera ingester's checks; never raises for a bad file."""
     rel = relative_path(record, root)
     try:
-        stat = record.path.stat()
+        check_file_name(record.path)
+        read = read_image_file(record.path)
+    except InvalidImageError as exc:
+        return _refused(record, rel, exc, size_bytes=0, mtime_ns=0)
     except OSError as exc:
-        return _Checked(record, rel, 0, 0, category=UNREADABLE, detail=_first_line(exc))
-    unread = _Checked(record, rel, stat.st_size, stat.st_mtime_ns)
+        return _Checked(record, rel, 0, 0, category=Reason.UNREADABLE.value, detail=_first_line(exc))
     try:
-        data = record.path.read_bytes()
-    except OSError as exc:
-        return dataclasses.replace(unread, category=UNREADABLE, detail=_first_line(exc))
-    if not data:
-        # No hash: every empty file is its own row (identified by path, size and mtime), not one shared one.
-        return dataclasses.replace(unread, category=EMPTY_FILE)
-    read = dataclasses.replace(unread, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    try:
-        with PILImage.open(io.BytesIO(data)) as probe:
-            probe.verify()  # structure and checksums (PNG CRCs), without decoding the pixels
-        with PILImage.open(io.BytesIO(data)) as image:
-            image.load()  # decodes every pixel: a truncated file fails here
-            width, height = image.size
-            mode = image.mode
-    except UnidentifiedImageError:
-        return dataclasses.replace(read, category=NOT_AN_IMAGE, detail="Pillow cannot identify the format")
-    except PILImage.DecompressionBombError as exc:
-        return dataclasses.replace(read, category=DECOMPRESSION_BOMB, detail=_first_line(exc))
-    except Exception as exc:  # decoding untrusted bytes: Pillow raises many types, all meaning "bad bytes"
-        detail = f"{type(exc).__name__}: {_first_line(exc)}"
-        category = TRUNCATED if "truncated" in detail.lower() else CORRUPT
-        return dataclasses.replace(read, category=category, detail=detail)
-    return dataclasses.replace(read, width=width, height=height, mode=mode)
+        facts = check_image_bytes(read.data)
+    except InvalidImageError as exc:
+        return _refused(record, rel, exc, size_bytes=len(read.data), mtime_ns=read.stat.st_mtime_ns)
+    return _Checked(
+        record,
+        rel,
+        facts.size_bytes,
+        read.stat.st_mtime_ns,
+        sha256=facts.sha256,
+        width=facts.width,
+        height=facts.height,
+        mode=facts.file_mode,
+    )
+
+
+def _refused(
+    record: ImageRecord, rel: str, exc: InvalidImageError, *, size_bytes: int, mtime_ns: int
+) -> _Checked:
+    return _Checked(
+        record,
+        rel,
+        exc.size_bytes if exc.size_bytes is not None else size_bytes,
+        mtime_ns,
+        sha256=exc.sha256,
+        category=exc.reason.value,
+        detail=exc.detail,
+    )
 
 
 def _first_line(exc: BaseException, *, limit: int = 200) -> str:

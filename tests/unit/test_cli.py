@@ -136,3 +136,26 @@ def test_doctor_reports_missing_services_without_leaking_secrets(tmp_path: Path)
     assert "DEFECTLOOP_LABEL_STUDIO_URL" in output
     for secret in ("broker-pass", "ls-token-abcdef", "webhook-secret-value"):
         assert secret not in output
+
+
+def test_status_counts_quarantined_files_by_kind_of_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "labelled"
+    generated = tmp_path / "gen"
+    assert run_cli("synth", str(generated), "--n", "6", "--size", "32", data_dir=tmp_path).returncode == 0
+    for label in ("ok", "hole"):
+        (folder / label).mkdir(parents=True)
+        for image in (generated / label).glob("*.png"):
+            (folder / label / image.name).write_bytes(image.read_bytes())
+    good = next((folder / "ok").glob("*.png")).read_bytes()
+    (folder / "ok" / "cut1.png").write_bytes(good[: len(good) // 2])
+    (folder / "ok" / "cut2.png").write_bytes(good[: len(good) // 3])
+    (folder / "hole" / "notes.png").write_bytes(b"not a photo\n" * 20)
+    assert run_cli("db", "upgrade", data_dir=tmp_path).returncode == 0
+    imported = run_cli("import", str(folder), data_dir=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    status = run_cli("status", data_dir=tmp_path)
+    assert status.returncode == 0, status.stderr
+    lines = [" ".join(line.replace("│", " ").split()) for line in status.stdout.splitlines()]
+    assert "truncated image 2" in lines
+    assert "not an image 1" in lines
+    assert "labelled 2" in lines

@@ -178,7 +178,8 @@ def test_list_and_count_images_by_status(db_session: Session) -> None:
     source = new_source(db_session)
     images = [new_image(db_session, f"{index}.png", source=source) for index in range(3)]
     repo.set_image_status(session=db_session, image_id=images[1].id, status=ImageStatus.QUEUED)
-    for index, reason in enumerate(("truncated", "truncated", "not an image")):
+    reasons = ("truncated image: PNG data ends early", "truncated image: JPEG cut", "not an image")
+    for index, reason in enumerate(reasons):
         repo.quarantine_file(
             session=db_session,
             path=f"/bad{index}",
@@ -199,7 +200,7 @@ def test_list_and_count_images_by_status(db_session: Session) -> None:
     assert counts[ImageStatus.QUARANTINED] == 3
     assert counts[ImageStatus.LABELLED] == 0
     assert set(counts) == set(ImageStatus)
-    assert repo.count_quarantined_by_reason(session=db_session) == {"truncated": 2, "not an image": 1}
+    assert repo.count_quarantined_by_reason(session=db_session) == {"truncated image": 2, "not an image": 1}
 
 
 # --- predictions -----------------------------------------------------------------------------------

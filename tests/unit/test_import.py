@@ -106,7 +106,7 @@ def test_importing_twice_records_each_image_and_label_once(
         image = session.get(Image, annotation.image_id)
         assert image is not None
         assert (image.width, image.height, image.size_bytes) == (32, 32, Path(image.path).stat().st_size)
-    assert reasons["hole_empty.png"] == "empty file"
+    assert reasons["hole_empty.png"] == "empty file: 0 bytes"
     assert (reasons["hole_corrupt.png"] or "").startswith("not an image")
     assert (reasons["ok_truncated.png"] or "").startswith("truncated image: ")
     assert _label_of(sessions, sorted((folder / "hole").glob("hole_0*.png"))[0]) == "hole"
