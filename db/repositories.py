@@ -302,6 +302,20 @@ def set_image_status(
     return moved
 
 
+def list_images_by_ids(
+    *, session: Session, image_ids: Iterable[int], statuses: Iterable[ImageStatus] | None = None
+) -> list[Image]:
+    """The images among `image_ids` (in one of `statuses`, if given), by id; unknown ids are left out."""
+    ids = sorted({int(i) for i in image_ids})
+    if not ids:
+        return []
+    stmt = select(Image).where(Image.id.in_(ids)).order_by(Image.id)
+    wanted = _as_statuses(list(statuses) if statuses is not None else None)
+    if wanted is not None:
+        stmt = stmt.where(Image.status.in_(wanted))
+    return list(session.scalars(stmt))
+
+
 def list_images_by_status(
     *, session: Session, status: ImageStatus, limit: int | None = None, after_id: int | None = None
 ) -> list[Image]:

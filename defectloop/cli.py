@@ -486,6 +486,158 @@ def _print_import(report: ImportReport) -> None:
     console.print(f"labels: {labels}", highlight=False)
 
 
+# --- processes: worker, beat, camera watcher -------------------------------------------------
+
+
+class PoolName(StrEnum):
+    SOLO = "solo"
+    PREFORK = "prefork"
+    THREADS = "threads"
+
+
+class InferenceBackend(StrEnum):
+    AUTO = "auto"
+    EAGER = "eager"
+    CHANNELS_LAST = "channels_last"
+    ONNXRUNTIME = "onnxruntime"
+
+
+def _parse_queues(value: str) -> list[str]:
+    from workers.queues import Queue
+
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    valid = [q.value for q in Queue]
+    bad = [name for name in names if name not in valid]
+    if bad or not names:
+        raise typer.BadParameter(f"unknown queue(s) {bad or value!r}; choose from {', '.join(valid)}")
+    return names
+
+
+@app.command("worker")
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues to consume.")
+    ] = "inference,labelling,training,maintenance",
+    concurrency: Annotated[int, typer.Option(min=1, help="Processes (prefork) or threads.")] = 1,
+    pool: Annotated[PoolName, typer.Option(help="Execution pool; solo runs tasks in this process.")] = (
+        PoolName.SOLO
+    ),
+    inference_backend: Annotated[
+        InferenceBackend, typer.Option(help="How champions run: auto picks the fastest that loads.")
+    ] = InferenceBackend.AUTO,
+    visibility_timeout: Annotated[
+        int, typer.Option(min=1, help="Redis: seconds before an unacknowledged message is handed out again.")
+    ] = 3600,
+) -> None:
+    """Run a Celery worker with the defectloop app (SIGTERM: finish the batch in hand, then exit)."""
+    from workers.queues import Queue
+
+    names = _parse_queues(queues)
+    settings = _settings(ctx)
+    from defectloop.app import create_celery_app, open_database
+
+    open_database(settings).dispose()  # refuse at once on an unreachable or unmigrated database
+    from workers.celery_app import run_worker
+
+    celery_app = create_celery_app(
+        settings, inference_backend=inference_backend.value, visibility_timeout_s=visibility_timeout
+    )
+    code = run_worker(
+        celery_app,
+        queues=[Queue(name) for name in names],
+        concurrency=concurrency,
+        pool=pool.value,
+        loglevel=settings.log_level,
+    )
+    raise typer.Exit(code)
+
+
+@app.command("beat")
+def beat(
+    ctx: typer.Context,
+    sweep_every: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between sweeps for images waiting or stuck.")
+    ] = 60.0,
+    stuck_after: Annotated[
+        float, typer.Option(min=0.0, help="An image waiting this many seconds is published again.")
+    ] = 300.0,
+) -> None:
+    """Run the Celery beat scheduler: the sweeper that re-queues waiting and stuck images."""
+    settings = _settings(ctx)
+    from defectloop.app import create_celery_app, open_database
+
+    open_database(settings).dispose()
+    from workers.celery_app import run_beat
+
+    celery_app = create_celery_app(settings, sweep_interval_s=sweep_every, stuck_after_s=stuck_after)
+    code = run_beat(
+        celery_app, schedule_path=settings.data_dir / "celerybeat-schedule", loglevel=settings.log_level
+    )
+    raise typer.Exit(code)
+
+
+@app.command("watch")
+def watch(
+    ctx: typer.Context,
+    folders: Annotated[
+        list[Path], typer.Argument(exists=True, file_okay=False, help="Camera folders to watch.")
+    ],
+) -> None:
+    """Ingest photos from camera folders and send them to classification (SIGTERM/Ctrl-C: stop cleanly)."""
+    import signal
+
+    settings = _settings(ctx)
+    from defectloop.app import create_celery_app, ingest_config, open_database
+    from workers.celery_app import publish_classification
+    from workers.ingest import IngestService
+
+    config = ingest_config(settings, folders)
+    database = open_database(settings)
+    celery_app = create_celery_app(settings)
+    service = IngestService(
+        config, database.sessions, lambda ids: publish_classification(celery_app, ids, retry=True)
+    )
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: service.request_stop())
+    try:
+        service.run_forever()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        database.dispose()
+
+
+@app.command("up")
+def up(
+    ctx: typer.Context,
+    folders: Annotated[
+        list[Path] | None,
+        typer.Argument(exists=True, file_okay=False, help="Camera folders to watch (none: no watcher)."),
+    ] = None,
+    sweep_every: Annotated[float, typer.Option(min=0.1, help="Beat: seconds between sweeps.")] = 60.0,
+    stuck_after: Annotated[
+        float, typer.Option(min=0.0, help="Beat: an image waiting this many seconds is published again.")
+    ] = 300.0,
+    inference_backend: Annotated[
+        InferenceBackend, typer.Option(help="Worker: how champions run.")
+    ] = InferenceBackend.AUTO,
+) -> None:
+    """Start a worker, beat and (given folders) the camera watcher; SIGTERM or Ctrl-C stops them all."""
+    settings = _settings(ctx)
+    from defectloop.app import open_database
+
+    open_database(settings).dispose()  # one clear error here rather than three from the children
+    from defectloop.supervise import run_processes
+
+    base = [sys.executable, "-m", "defectloop.cli"]
+    commands = {
+        "worker": [*base, "worker", f"--inference-backend={inference_backend.value}"],
+        "beat": [*base, "beat", f"--sweep-every={sweep_every}", f"--stuck-after={stuck_after}"],
+    }
+    if folders:
+        commands["watch"] = [*base, "watch", *(str(folder) for folder in folders)]
+    raise typer.Exit(run_processes(commands))
+
+
 # --- planned commands: listed so --help shows the whole design, refusing loudly until built ----
 
 
@@ -506,10 +658,6 @@ _ISSUE_5 = "planned in issue #5 (Label Studio labelling)"
 _LATER = "planned for the champion/challenger and demo work after issue #5"
 
 for _name, _summary, _plan in (
-    ("up", "Start worker, beat and receiver processes on the embedded default.", _ISSUE_4),
-    ("watch", "Ingest photos from camera folders (watchdog).", _ISSUE_4),
-    ("worker", "Run a Celery worker with the defectloop app.", _ISSUE_4),
-    ("beat", "Run the Celery beat scheduler (sweeps, selection, reconciliation).", _ISSUE_4),
     ("serve", "Run the webhook receiver and Label Studio ML backend.", _ISSUE_5),
     ("retrain", "Train challengers from the labels collected so far.", _LATER),
     ("compare", "Compare champion and challengers on the frozen evaluation set.", _LATER),

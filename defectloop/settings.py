@@ -112,9 +112,26 @@ class Settings(BaseSettings):
         default=86_400, ge=0, description="Retrain at least this often when new labels exist (0 = never)."
     )
 
+    ingest_stable_seconds: float = Field(
+        default=1.0, ge=0, description="A camera file is taken once unchanged for this long."
+    )
+    ingest_rescan_seconds: float = Field(
+        default=30.0, gt=0, description="Full rescan of the camera folders (catches missed events)."
+    )
+    ingest_polling: bool = Field(
+        default=False, description="Poll the folders instead of native events (network shares)."
+    )
+    ingest_extensions: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"),
+        description="Accepted file extensions, comma separated (case-insensitive).",
+    )
+    ingest_max_pixels: int = Field(
+        default=64_000_000, ge=1, description="Larger images are quarantined (decompression bombs)."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("classes", mode="before")
+    @field_validator("classes", "ingest_extensions", mode="before")
     @classmethod
     def _parse_classes(cls, value: object) -> object:
         return _split_csv(value)
@@ -131,6 +148,13 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"class names must be unique, repeated: {duplicates}")
         return value
+
+    @field_validator("ingest_extensions")
+    @classmethod
+    def _check_extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("give at least one extension, e.g. .jpg,.png")
+        return tuple(dict.fromkeys(e.lower() if e.startswith(".") else f".{e.lower()}" for e in value))
 
     @field_validator("image_channels")
     @classmethod

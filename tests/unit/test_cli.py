@@ -50,7 +50,7 @@ def test_help_lists_the_planned_commands(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "issue"),
     [
-        (("watch", "/tmp/cam"), "#4"),
+        (("serve",), "#5"),
         (("promote", "binary-resnet18-0002"), "champion/challenger"),
         (("labelling", "init"), "#5"),
     ],
@@ -60,6 +60,13 @@ def test_planned_commands_refuse_loudly(tmp_path: Path, args: tuple[str, ...], i
     assert result.returncode == 2
     assert "not built yet" in result.stderr
     assert issue in result.stderr
+
+
+def test_worker_refuses_an_unknown_queue_naming_the_valid_ones(tmp_path: Path) -> None:
+    result = run_cli("worker", "--queues", "inference,bogus", data_dir=tmp_path)
+    assert result.returncode == 2
+    assert "maintenance" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_wrong_setting_stops_the_start_naming_the_variable(tmp_path: Path) -> None:

@@ -1,0 +1,356 @@
+"""Classification service, champion cache, sweeper and Celery app configuration, without a broker.
+
+The services run against a real migrated SQLite file; models are stand-ins that return fixed
+probabilities (what is checked is the bookkeeping: statuses, one prediction per image and model key,
+swaps), so no checkpoint is trained or loaded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import repositories as repo
+from db.migrate import upgrade
+from db.schema import Image, ImageStatus, ModelTask, Prediction, SourceKind
+from db.session import create_engine_for, make_session_factory
+from defectloop.app import ingest_config, worker_config
+from defectloop.settings import DEFAULT_CLASSES, load_settings
+from models.infer import PredictionOutput
+from workers import classification
+from workers.celery_app import (
+    CLASSIFY_TASK,
+    EMBEDDED_POLLING_INTERVAL_S,
+    SWEEP_TASK,
+    EmbeddedTransport,
+    WorkerConfig,
+    create_app,
+)
+from workers.classification import ChampionCache, LoadedModel, VersionRef
+from workers.queues import Queue
+
+SPEC = {"image_size": 16, "channels": 1, "mean": [0.5], "std": [0.5]}
+
+
+class FixedPredictor:
+    """Returns the same probability row for every image of a batch."""
+
+    def __init__(self, class_names: tuple[str, ...], row: list[float]) -> None:
+        self.class_names = class_names
+        self.row = np.asarray(row, dtype=np.float64)
+        self.batches: list[int] = []
+
+    def predict(self, batch: torch.Tensor) -> PredictionOutput:
+        n = int(batch.shape[0])
+        self.batches.append(n)
+        return PredictionOutput(
+            probs=np.tile(self.row, (n, 1)),
+            embeddings=np.zeros((n, 4), dtype=np.float32),
+            mc_probs=None,
+            class_names=self.class_names,
+        )
+
+
+def fake_loader(loaded: list[VersionRef]) -> classification.ModelLoader:
+    def load(ref: VersionRef) -> LoadedModel:
+        loaded.append(ref)
+        if len(ref.classes) == 2:
+            return LoadedModel(ref, FixedPredictor(ref.classes, [0.25, 0.75]))
+        return LoadedModel(ref, FixedPredictor(ref.classes, [0.6, 0.1, 0.1, 0.1, 0.1]))
+
+    return load
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def register(sessions: sessionmaker[Session], task: ModelTask, n: int) -> int:
+    classes = ("ok", "defective") if task is ModelTask.BINARY else DEFAULT_CLASSES[1:]
+    with sessions() as session:
+        version = repo.register_model_version(
+            session=session,
+            name=f"{task}-baseline_cnn-{n:04d}",
+            task=task,
+            architecture="baseline_cnn",
+            classes=classes,
+            input_spec=SPEC,
+            artifact_path=f"/nowhere/{task}-{n}.pt",
+            artifact_sha256=hashlib.sha256(f"{task}{n}".encode()).hexdigest(),
+        )
+        session.commit()
+        return version.id
+
+
+def add_images(sessions: sessionmaker[Session], folder: Path, n: int, *, start: int = 0) -> list[int]:
+    folder.mkdir(exist_ok=True)
+    ids = []
+    with sessions() as session:
+        source = repo.get_or_create_source(session=session, name="cam", kind=SourceKind.CAMERA)
+        for index in range(start, start + n):
+            path = folder / f"{index}.png"
+            pixels = np.random.default_rng(index).integers(0, 256, size=(20, 20), dtype=np.uint8)
+            PILImage.fromarray(pixels, mode="L").save(path)
+            image, _ = repo.add_image(
+                session=session,
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                path=str(path),
+                source_id=source.id,
+                width=20,
+                height=20,
+                mode="L",
+                size_bytes=path.stat().st_size,
+            )
+            ids.append(image.id)
+        session.commit()
+    return ids
+
+
+def classify(sessions: sessionmaker[Session], cache: ChampionCache, ids: list[int]) -> Any:
+    return classification.classify_images(
+        ids,
+        sessions=sessions,
+        champions=cache,
+        good_class="ok",
+        defect_classes=DEFAULT_CLASSES[1:],
+        batch_size=3,
+    )
+
+
+def predictions(sessions: sessionmaker[Session]) -> list[tuple[int, str]]:
+    with sessions() as session:
+        return [
+            (r.image_id, r.model_key) for r in session.scalars(select(Prediction).order_by(Prediction.id))
+        ]
+
+
+def statuses(sessions: sessionmaker[Session], ids: list[int]) -> list[ImageStatus]:
+    with sessions() as session:
+        return [repo.get_image(session=session, image_id=i).status for i in ids]
+
+
+def test_cache_loads_each_champion_once_and_swaps_only_what_changed(sessions: sessionmaker[Session]) -> None:
+    loaded: list[VersionRef] = []
+    cache = ChampionCache(fake_loader(loaded))
+    assert cache.refresh(sessions).binary is None
+
+    binary = register(sessions, ModelTask.BINARY, 1)
+    first = cache.refresh(sessions)
+    assert first.binary is not None
+    assert first.binary.version.id == binary
+    assert first.model_key == f"b{binary}-m-"
+    cache.refresh(sessions)
+    assert [ref.id for ref in loaded] == [binary]  # cached: no second load
+
+    multiclass = register(sessions, ModelTask.MULTICLASS, 1)
+    both = cache.refresh(sessions)
+    assert both.binary is first.binary  # the binary model was kept
+    assert both.model_key == f"b{binary}-m{multiclass}"
+
+    challenger = register(sessions, ModelTask.BINARY, 2)
+    assert cache.refresh(sessions).binary is first.binary  # a candidate does not replace the champion
+    with sessions() as session:
+        repo.set_champion(session=session, version_id=challenger, actor="test", reason="better")
+        session.commit()
+    swapped = cache.refresh(sessions)
+    assert swapped.model_key == f"b{challenger}-m{multiclass}"
+    assert [ref.id for ref in loaded] == [binary, multiclass, challenger]
+
+
+def test_without_a_champion_images_wait_in_new(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    ids = add_images(sessions, tmp_path / "cam", 4)
+    report = classify(sessions, ChampionCache(fake_loader([])), ids)
+    assert report.waiting == ids
+    assert statuses(sessions, ids) == [ImageStatus.NEW] * 4
+    assert predictions(sessions) == []
+
+
+def test_classification_is_once_per_image_and_idempotent(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    binary = register(sessions, ModelTask.BINARY, 1)
+    multiclass = register(sessions, ModelTask.MULTICLASS, 1)
+    ids = add_images(sessions, tmp_path / "cam", 7)
+    cache = ChampionCache(fake_loader([]))
+    report = classify(sessions, cache, ids)
+    key = repo.make_model_key(binary, multiclass)
+    assert report.model_key == key
+    assert sorted(report.predicted) == ids
+    assert statuses(sessions, ids) == [ImageStatus.PREDICTED] * 7
+    assert predictions(sessions) == [(i, key) for i in ids]
+
+    # A redelivered message, and one naming an unknown id: nothing is added or changed.
+    again = classify(sessions, cache, [*ids, 999])
+    assert again.predicted == []
+    assert sorted(again.skipped) == [*ids, 999]
+    assert len(predictions(sessions)) == 7
+
+    with sessions() as session:
+        row = session.scalars(select(Prediction).where(Prediction.image_id == ids[0])).one()
+        # p(ok) = 1 - p(defect); p(k) = p(defect) * p(k | defect)
+        assert row.probabilities["ok"] == pytest.approx(0.25)
+        assert row.probabilities["hole"] == pytest.approx(0.75 * 0.6)
+        assert row.predicted_label == "hole"
+        assert set(row.uncertainty) == {"entropy", "margin", "least_confidence"}
+        assert (row.binary_version_id, row.multiclass_version_id) == (binary, multiclass)
+
+
+def test_an_unreadable_file_is_quarantined_with_its_reason(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    register(sessions, ModelTask.BINARY, 1)
+    ids = add_images(sessions, tmp_path / "cam", 3)
+    (tmp_path / "cam" / "1.png").write_bytes(b"not an image any more")
+    report = classify(sessions, ChampionCache(fake_loader([])), ids)
+    assert report.quarantined == [ids[1]]
+    assert statuses(sessions, ids) == [ImageStatus.PREDICTED, ImageStatus.QUARANTINED, ImageStatus.PREDICTED]
+    with sessions() as session:
+        assert "unreadable" in (repo.get_image(session=session, image_id=ids[1]).reason or "")
+
+
+def test_a_new_champion_is_used_for_later_batches(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    first = register(sessions, ModelTask.BINARY, 1)
+    cache = ChampionCache(fake_loader([]))
+    early = add_images(sessions, tmp_path / "cam", 2)
+    classify(sessions, cache, early)
+    second = register(sessions, ModelTask.BINARY, 2)
+    with sessions() as session:
+        repo.set_champion(session=session, version_id=second, actor="test", reason="better")
+        session.commit()
+    late = add_images(sessions, tmp_path / "cam", 2, start=10)
+    classify(sessions, cache, late)
+    assert predictions(sessions) == [(i, f"b{first}-m-") for i in early] + [
+        (i, f"b{second}-m-") for i in late
+    ]
+
+
+def test_sweep_waits_for_a_champion_then_requeues_new_and_stuck_images(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    ids = add_images(sessions, tmp_path / "cam", 5)
+    published: list[list[int]] = []
+
+    def sweep(older_than: timedelta) -> list[int]:
+        return classification.requeue_waiting_images(
+            sessions=sessions, publish=published.append, older_than=older_than, batch_size=2
+        )
+
+    assert sweep(timedelta(0)) == []
+    register(sessions, ModelTask.BINARY, 1)
+    classify(sessions, ChampionCache(fake_loader([])), ids[:1])
+    assert sweep(timedelta(hours=1)) == []  # nothing has waited that long
+    assert sweep(timedelta(0)) == ids[1:]
+    assert published == [ids[1:3], ids[3:5]]
+    assert statuses(sessions, ids) == [ImageStatus.PREDICTED] + [ImageStatus.QUEUED] * 4
+    assert sweep(timedelta(0)) == ids[1:]  # still queued (the messages were lost): published again
+
+
+def test_list_images_by_ids_filters_by_status(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    ids = add_images(sessions, tmp_path / "cam", 3)
+    with sessions() as session:
+        repo.set_image_status(session=session, image_id=ids[1], status=ImageStatus.QUEUED)
+        found = repo.list_images_by_ids(session=session, image_ids=[ids[2], ids[1], 404, ids[1]])
+        assert [image.id for image in found] == ids[1:]
+        queued = repo.list_images_by_ids(session=session, image_ids=ids, statuses=[ImageStatus.QUEUED])
+        assert [image.id for image in queued] == [ids[1]]
+        assert repo.list_images_by_ids(session=session, image_ids=[]) == []
+        assert isinstance(found[0], Image)
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def config(broker_url: str = "redis://127.0.0.1:6379/13", **kw: Any) -> WorkerConfig:
+    return WorkerConfig(
+        broker_url=broker_url,
+        database_url="sqlite:///x.db",
+        artifacts_dir=Path("/tmp/artifacts"),
+        classes=DEFAULT_CLASSES,
+        **kw,
+    )
+
+
+def test_the_app_is_json_only_late_acking_with_prefetch_one_and_routes_per_queue() -> None:
+    app = create_app(config(visibility_timeout_s=120))
+    conf = app.conf
+    assert (conf.task_serializer, conf.result_serializer, list(conf.accept_content)) == (
+        "json",
+        "json",
+        ["json"],
+    )
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_ignore_result is True
+    assert conf.broker_connection_retry_on_startup is True
+    assert conf.broker_transport_options == {"visibility_timeout": 120}
+    assert conf.task_routes[CLASSIFY_TASK] == {"queue": Queue.INFERENCE.value}
+    assert conf.task_routes[SWEEP_TASK] == {"queue": Queue.MAINTENANCE.value}
+    for name in (CLASSIFY_TASK, SWEEP_TASK):
+        task = app.tasks[name]
+        assert task.acks_late is True
+        assert task.reject_on_worker_lost is True
+    assert conf.beat_schedule["requeue-waiting-images"]["task"] == SWEEP_TASK
+    with pytest.raises(TypeError):
+        app.tasks[CLASSIFY_TASK].run("1,2")  # bad input fails at once and is not retried
+    app.close()
+
+
+def test_the_embedded_broker_polls_fast_without_options_sqlalchemy_would_refuse() -> None:
+    app = create_app(config(f"sqla+sqlite:///{Path('/tmp') / 'b.db'}"))
+    assert app.conf.broker_transport_options == {}  # kombu would pass them to create_engine
+    with app.connection_for_write() as connection:
+        assert isinstance(connection.transport, EmbeddedTransport)
+        assert connection.transport.polling_interval == EMBEDDED_POLLING_INTERVAL_S
+        assert connection.hostname == "sqlite:////tmp/b.db"
+    app.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("broker_url", "localhost"), ("classes", ("ok",)), ("inference_batch_size", 0), ("mc_passes", -1)],
+)
+def test_worker_config_refuses_bad_values(field: str, value: Any) -> None:
+    values: dict[str, Any] = {
+        "broker_url": "redis://x",
+        "database_url": "sqlite:///x.db",
+        "artifacts_dir": Path("a"),
+        "classes": DEFAULT_CLASSES,
+        field: value,
+    }
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        WorkerConfig(**values)
+
+
+def test_settings_feed_the_worker_and_the_watcher(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "DEFECTLOOP_DATA_DIR": str(tmp_path),
+            "DEFECTLOOP_INFERENCE_BATCH_SIZE": "5",
+            "DEFECTLOOP_INGEST_EXTENSIONS": "JPG, .png",
+            "DEFECTLOOP_INGEST_STABLE_SECONDS": "0.5",
+            "DEFECTLOOP_INGEST_POLLING": "true",
+            "DEFECTLOOP_INGEST_MAX_PIXELS": "1000000",
+        }
+    )
+    worker = worker_config(settings)
+    assert worker.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    assert worker.inference_batch_size == 5
+    assert worker.classes == settings.classes
+    ingest = ingest_config(settings, [tmp_path])
+    assert ingest.extensions == frozenset({".jpg", ".png"})
+    assert (ingest.stable_seconds, ingest.poll, ingest.max_pixels) == (0.5, True, 1_000_000)
+    assert ingest.rescan_seconds == 30.0

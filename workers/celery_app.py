@@ -1,0 +1,315 @@
+"""The Celery app factory and its tasks, configured from a plain ``WorkerConfig`` (no settings import).
+
+Tasks are thin: they parse ids, call ``workers.classification`` and leave retries to Celery, only for
+transient errors (database unreachable or locked). The idempotent tasks are ``acks_late`` with
+``reject_on_worker_lost``: a worker killed mid-task leaves its message to be delivered again, and a
+second run is harmless. Per process, a ``_Runtime`` holds the session factory and the champion cache,
+built lazily on first use (so a prefork parent never opens a connection its children would share).
+
+Brokers: Redis in production; for the embedded default kombu's SQLAlchemy transport over SQLite
+(``sqla+sqlite:///DATA_DIR/broker.db``), which needs no server, subclassed (``EmbeddedTransport``) to
+poll every 0.1 s instead of every second. That transport redelivers nothing
+after a worker is killed (it marks a message invisible when it hands it out), Redis only after the
+visibility timeout: in both cases the sweeper (``requeue_waiting_images`` on beat) is what finds the
+images left ``new``/``queued`` and publishes them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import DatabaseUnavailableError
+from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
+from workers import classification
+from workers.queues import Queue
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CLASSIFY_TASK",
+    "SWEEP_TASK",
+    "TRANSIENT_ERRORS",
+    "WorkerConfig",
+    "create_app",
+    "publish_classification",
+    "run_beat",
+    "run_worker",
+]
+
+CLASSIFY_TASK = "defectloop.classify_images"
+SWEEP_TASK = "defectloop.requeue_waiting_images"
+TASK_QUEUES: dict[str, Queue] = {CLASSIFY_TASK: Queue.INFERENCE, SWEEP_TASK: Queue.MAINTENANCE}
+# Worth retrying: the database is unreachable or (SQLite) locked longer than the busy timeout.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (DatabaseUnavailableError, OperationalError)
+POOLS = ("solo", "prefork", "threads")
+
+
+EMBEDDED_PREFIX = "sqla+"
+EMBEDDED_POLLING_INTERVAL_S = 0.1
+
+
+class EmbeddedTransport(kombu_sqlalchemy.Transport):  # type: ignore[misc]  # kombu is untyped
+    """kombu's SQLAlchemy transport, polling an idle queue every 0.1 s instead of every second."""
+
+    polling_interval = EMBEDDED_POLLING_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything the Celery app and its tasks need, as plain values (built from settings by the caller).
+
+    ``inference_backend`` is ``models.infer.Predictor``'s backend; ``visibility_timeout_s`` (Redis) is
+    how long an unacknowledged message waits before Redis hands it out again; ``sweep_interval_s`` and
+    ``stuck_after_s`` drive the beat sweeper, which sends ``publish_batch_size`` ids per message.
+    """
+
+    broker_url: str
+    database_url: str
+    artifacts_dir: Path
+    classes: tuple[str, ...]
+    inference_batch_size: int = 16
+    publish_batch_size: int = 64
+    mc_passes: int = 0
+    inference_backend: str = "auto"
+    visibility_timeout_s: int = 3600
+    sweep_interval_s: float = 60.0
+    stuck_after_s: float = 300.0
+    extra_conf: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "://" not in self.broker_url:
+            raise ValueError(f"broker_url must be a URL such as redis://host:6379/0, got {self.broker_url!r}")
+        if len(self.classes) < 2:
+            raise ValueError("classes needs the good class and at least one defect class")
+        for name in ("inference_batch_size", "publish_batch_size", "visibility_timeout_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mc_passes < 0:
+            raise ValueError(f"mc_passes must be >= 0, got {self.mc_passes}")
+        if self.sweep_interval_s <= 0:
+            raise ValueError(f"sweep_interval_s must be > 0, got {self.sweep_interval_s}")
+        if self.stuck_after_s < 0:
+            raise ValueError(f"stuck_after_s must be >= 0, got {self.stuck_after_s}")
+
+    @property
+    def good_class(self) -> str:
+        return self.classes[0]
+
+    @property
+    def defect_classes(self) -> tuple[str, ...]:
+        return self.classes[1:]
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+
+class _Runtime:
+    """Per-process state of the tasks: built lazily on first use, then kept for the process's life."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._sessions: sessionmaker[Session] | None = None
+        self._champions: classification.ChampionCache | None = None
+        self._lock = threading.Lock()  # the threads pool may ask from several threads at once
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        with self._lock:
+            if self._sessions is None:
+                engine = create_engine_for(self.config.database_url)
+                try:
+                    check_connection(engine)
+                    assert_migrated(engine)
+                except Exception:
+                    engine.dispose()
+                    raise
+                self._sessions = make_session_factory(engine)
+            return self._sessions
+
+    @property
+    def champions(self) -> classification.ChampionCache:
+        with self._lock:
+            return self._champion_cache()
+
+    def _champion_cache(self) -> classification.ChampionCache:
+        if self._champions is None:
+            config = self.config
+            self._champions = classification.ChampionCache(
+                lambda ref: classification.load_predictor(
+                    ref, mc_passes=config.mc_passes, backend=config.inference_backend
+                )
+            )
+        return self._champions
+
+
+def _parse_ids(image_ids: object) -> list[int]:
+    # Bad input is a programming error: it raises, and is not retried.
+    if not isinstance(image_ids, list | tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in image_ids
+    ):
+        raise TypeError(f"image_ids must be a list of ints, got {image_ids!r}")
+    return [int(i) for i in image_ids]
+
+
+def create_app(config: WorkerConfig) -> Any:
+    """A Celery app for ``config``: queues, routes, JSON only, late acks, prefetch 1, the tasks, beat.
+
+    Creating it connects to nothing. (Returns ``celery.Celery``; typed ``Any`` because celery ships
+    without usable annotations.)
+    """
+    broker_url, transport = config.broker_url, None
+    if broker_url.startswith(EMBEDDED_PREFIX):
+        # kombu's SQLAlchemy transport hands every transport option to create_engine (polling_interval
+        # too, which SQLAlchemy refuses), so the interval comes from a subclass named as the transport;
+        # with an explicit transport, the URL must lose its "sqla+" prefix (the prefix would win).
+        broker_url, transport = broker_url.removeprefix(EMBEDDED_PREFIX), f"{__name__}:EmbeddedTransport"
+    app = Celery("defectloop", broker=broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {}
+    if config.uses_redis:
+        transport_options = {"visibility_timeout": config.visibility_timeout_s}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=Queue.MAINTENANCE.value,
+        task_create_missing_queues=True,
+        task_routes={name: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
+        # One message at a time per process: a batch may take seconds; others should not wait behind it.
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport=transport,
+        broker_transport_options=transport_options,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,  # the CLI logs to stderr itself; a proxy there would swallow it
+        worker_send_task_events=False,
+        enable_utc=True,
+        timezone="UTC",
+        beat_schedule={
+            "requeue-waiting-images": {
+                "task": SWEEP_TASK,
+                "schedule": config.sweep_interval_s,
+                "kwargs": {"stuck_after_s": config.stuck_after_s},
+                "options": {"queue": Queue.MAINTENANCE.value},
+            }
+        },
+    )
+    app.conf.update(config.extra_conf)
+    runtime = _Runtime(config)
+    app.defectloop_runtime = runtime
+
+    @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+        name=CLASSIFY_TASK,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=TRANSIENT_ERRORS,
+        retry_backoff=True,
+        retry_backoff_max=60,
+        retry_jitter=True,
+        max_retries=10,
+    )
+    def classify_images(image_ids: list[int]) -> dict[str, Any]:
+        """Classify these images with the current champions (idempotent; see workers.classification)."""
+        ids = _parse_ids(image_ids)
+        logger.info("classifying images %s", ids)
+        report = classification.classify_images(
+            ids,
+            sessions=runtime.sessions,
+            champions=runtime.champions,
+            good_class=config.good_class,
+            defect_classes=config.defect_classes,
+            batch_size=config.inference_batch_size,
+        )
+        return report.as_dict()
+
+    @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+        name=SWEEP_TASK,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=TRANSIENT_ERRORS,
+        retry_backoff=True,
+        retry_backoff_max=60,
+        max_retries=3,
+    )
+    def requeue_waiting_images(stuck_after_s: float | None = None) -> int:
+        """Re-publish images waiting in new/queued longer than ``stuck_after_s`` (default: the config's)."""
+        age = config.stuck_after_s if stuck_after_s is None else float(stuck_after_s)
+        ids = classification.requeue_waiting_images(
+            sessions=runtime.sessions,
+            publish=lambda batch: publish_classification(app, batch),
+            older_than=timedelta(seconds=age),
+            batch_size=config.publish_batch_size,
+        )
+        return len(ids)
+
+    return app
+
+
+def publish_classification(app: Any, image_ids: Iterable[int], *, retry: bool = True) -> None:
+    """Send one ``classify_images`` message for these ids to the inference queue (a short retry policy)."""
+    ids = [int(i) for i in image_ids]
+    app.send_task(
+        CLASSIFY_TASK,
+        args=[ids],
+        queue=Queue.INFERENCE.value,
+        retry=retry,
+        retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2},
+    )
+
+
+def run_worker(
+    app: Any,
+    *,
+    queues: Sequence[Queue],
+    concurrency: int = 1,
+    pool: str = "solo",
+    loglevel: str = "INFO",
+    node_name: str | None = None,
+) -> int:
+    """Run a Celery worker in this process until it is stopped; its exit code.
+
+    SIGTERM is Celery's warm shutdown: the task in hand finishes (its batch is committed), unstarted
+    messages go back to the broker, and the process exits 0.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if not queues:
+        raise ValueError("give at least one queue")
+    name = node_name or f"defectloop-{os.getpid()}@{socket.gethostname()}"
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--queues={','.join(q.value for q in queues)}",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--hostname={name}",
+        # No worker-to-worker chatter: it costs broker round trips and the embedded broker has no fanout.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    logger.info("starting worker %s on queues %s (pool %s x%d)", name, ",".join(queues), pool, concurrency)
+    code = app.worker_main(argv=argv)
+    return int(code or 0)
+
+
+def run_beat(app: Any, *, schedule_path: Path, loglevel: str = "INFO") -> int:
+    """Run the beat scheduler in this process (the sweeper on its schedule) until it is stopped."""
+    schedule_path.parent.mkdir(parents=True, exist_ok=True)
+    code = app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule_path}"])
+    return int(code or 0)
