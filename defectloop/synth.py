@@ -1,10 +1,12 @@
 """Seeded synthetic garment-fabric photos for tests, the demo and the benchmarks.
 
-Each image shows a knit or woven fabric (varied colour, lighting, rotation, sensor noise, often a seam
-with a stitch row) and, unless it is ``ok``, one small local defect: a hole, seam puckering, an uncut
-thread, a raw edge or a broken stitch. Defects are local by construction, so that a classifier has to
-look at structure: a logistic regression on global pixel statistics stays near chance (see
-``tests/unit/test_synth.py``).
+Each image shows a knit or woven fabric (varied colour, yarn relief, lighting, folds, shadows, lint,
+rotation, sensor noise, often a seam with a stitch row) and, unless it is ``ok``, one local defect: a
+hole, seam puckering, an uncut thread, a raw edge or a broken stitch. Defects are local by
+construction, so that a classifier has to look at structure: a logistic regression on global pixel
+statistics stays near chance (see ``tests/unit/test_synth.py``). They are also sized and contrasted to
+be seen at a glance at 48-64 px, as an inspector sees a real one, so that a small CNN learns ok versus
+defective from a few hundred images in seconds on a CPU (``tests/unit/test_synth_learnable.py``).
 
 The scene is drawn from the generator before the defect, and the defect and the sensor noise use their
 own child streams, so the same ``rng`` rendered as ``ok`` and as a defect gives the same photo except
@@ -247,11 +249,24 @@ def _lum(rgb: _F) -> float:
 
 
 def _contrasting(fabric: _F, rng: np.random.Generator) -> _F:
-    """A thread colour that stands apart from the fabric (a loose thread is noticed because it does)."""
-    options = [
-        np.array(t, dtype=np.float32) for t in _THREADS if abs(_lum(np.array(t)) - _lum(fabric)) > 0.25
-    ]
+    """A thread colour that stands apart from the fabric (a loose thread is noticed because it does).
+
+    Compared with the fabric as rendered: its yarn relief leaves it about a quarter darker than its dye.
+    """
+    seen = 0.75 * _lum(fabric)
+    options = [np.array(t, dtype=np.float32) for t in _THREADS if abs(_lum(np.array(t)) - seen) > 0.3]
     return options[int(rng.integers(len(options)))]
+
+
+def _standout(colour: _F, fabric: _F) -> _F:
+    """A loose end of ``colour`` as it reads lying on ``fabric``: off the fabric's plane it is seen in
+    its own shadow (or, on a dark fabric, catching the light), so a matching thread still shows."""
+    seen = 0.75 * _lum(fabric)
+    if abs(_lum(colour) - seen) >= 0.3:
+        return colour
+    if seen > 0.35:
+        return (colour * 0.45).astype(np.float32)
+    return (0.45 * colour + 0.5).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -313,7 +328,7 @@ def _draw_scene(rng: np.random.Generator, *, needs_seam: bool) -> _Scene:
         "stitch_gap": rng.uniform(2.2, 4.5),
         "stitch_period": rng.uniform(4.2, 7.0),
         "stitch_duty": rng.uniform(0.55, 0.78),
-        "stitch_width": rng.uniform(0.95, 1.5),
+        "stitch_width": rng.uniform(1.15, 1.7),
         "stitch_phase": rng.uniform(0.0, 1.0),
         "double_row": bool(rng.random() < 0.35),
         "row_spacing": rng.uniform(3.0, 5.0),
@@ -326,6 +341,7 @@ def _draw_scene(rng: np.random.Generator, *, needs_seam: bool) -> _Scene:
         "lint": int(rng.choice([0, 0, 0, 1, 2])),
         "blur": rng.uniform(0.0, 0.22),
         "noise": rng.uniform(0.004, 0.025),
+        "relief": rng.uniform(0.3, 0.7),
     }
     seeds = rng.integers(0, 2**62, size=3)
     return _Scene(
@@ -430,11 +446,15 @@ def _stitch_row(
     along = np.where(f < duty, np.power(np.clip(np.sin(np.pi * f / duty), 0.0, 1.0), 0.3), 0.0)
     across = np.exp(-(((v - row_v) / (0.6 * width)) ** 2))
     alpha = np.clip(1.5 * along * across, 0.0, 1.0)
-    if gap is not None:
-        alpha = np.where((k >= gap[0]) & (k < gap[1]), 0.0, alpha)
     # The needle pierces the fabric where each stitch enters and leaves: tiny dark dimples.
     ends = np.minimum(np.abs(f), np.abs(f - duty)) * sp
     dimple = np.exp(-((ends / 0.6) ** 2) - ((v - row_v) / 0.8) ** 2)
+    if gap is not None:
+        missing = (k >= gap[0]) & (k < gap[1])
+        # Where the thread pulled out, the needle holes gape open and the stitches left a pressed track.
+        holes = np.exp(-((ends / 0.9) ** 2) - ((v - row_v) / 1.0) ** 2)
+        dimple = np.where(missing, 1.7 * holes + 0.45 * np.clip(1.5 * along * across, 0.0, 1.0), dimple)
+        alpha = np.where(missing, 0.0, alpha)
     return alpha.astype(np.float32), dimple.astype(np.float32)
 
 
@@ -455,7 +475,7 @@ def _shadows(grid: _Grid, p: dict[str, Any], rng: np.random.Generator) -> _F:
     for _ in range(int(p["wrinkles"])):
         t = rng.uniform(0.0, math.pi)
         cx, cy = rng.uniform(-45.0, 45.0, 2)
-        w = rng.uniform(4.0, 12.0)
+        w = rng.uniform(2.5, 12.0)
         depth = rng.uniform(0.06, 0.22)
         span = rng.uniform(25.0, 90.0)
         d = (x - cx) * math.sin(t) - (y - cy) * math.cos(t)
@@ -512,8 +532,8 @@ def _hole(cv: _Canvas, rng: np.random.Generator) -> None:
     if cv.scene.has_seam and abs(cvv - cv.scene.seam_v) < 14:
         cvv = cv.scene.seam_v + math.copysign(rng.uniform(14.0, 22.0), cvv - cv.scene.seam_v)
         cvv = float(np.clip(cvv, -50.0, 50.0))
-    r0 = rng.uniform(6.0, 9.5)
-    stretch = rng.uniform(1.0, 1.4)  # holes ladder along the grain
+    r0 = rng.uniform(9.0, 13.0)
+    stretch = rng.uniform(1.0, 1.35)  # holes ladder along the grain
     du, dv = cv.u - cu, (cv.v - cvv) / stretch
     rho = np.hypot(du, dv)
     phi = np.arctan2(dv, du)
@@ -521,10 +541,11 @@ def _hole(cv: _Canvas, rng: np.random.Generator) -> None:
     for k in range(2, 7):
         radius = radius + r0 * rng.normal(0.0, 0.22 / k) * np.cos(k * phi + rng.uniform(0, 2 * math.pi))
     inside = np.clip((radius - rho) * cv.grid.px / 1.2 + 0.5, 0.0, 1.0)
-    depth = 0.55 + 0.45 * _smoothstep((radius - rho) / 3.0)  # darker under the rim
-    # The fabric around a tear is stretched and raised: a faint lit ring.
-    rim = 1.0 + 0.15 * np.exp(-(((rho - radius) / 1.5) ** 2)) * (rho > radius)
-    rgb = cv.rgb * rim[..., None]
+    depth = 0.45 + 0.55 * _smoothstep((radius - rho) / 3.5)  # darker under the rim
+    # The fabric around a tear is stretched and raised: a lit ring (a sheen on a dark fabric), shadowed
+    # just inside the opening.
+    ring = np.exp(-(((rho - radius) / 2.0) ** 2)) * (rho > radius)
+    rgb = cv.rgb * (1.0 + 0.3 * ring[..., None]) + (0.2 * (1.0 - lum) * ring)[..., None]
     rgb = _composite(rgb, inside, _beneath(cv, rng) * depth[..., None])
     lines: list[tuple[_F, float]] = []
     grain = float(rng.choice([0.0, math.pi / 2]))
@@ -535,13 +556,13 @@ def _hole(cv: _Canvas, rng: np.random.Generator) -> None:
             a = a[:, ::-1] * np.array([1.0, stretch], dtype=np.float32)
         pts = a + np.array([cu, cvv], dtype=np.float32)
         lines.append((cv.frame.to_image(pts), float(rng.uniform(0.8, 1.2))))
-    for _ in range(int(rng.integers(9, 18))):
+    for _ in range(int(rng.integers(14, 26))):
         at = float(rng.uniform(0, 2 * math.pi))
-        ra = r0 * rng.uniform(1.0, 1.2)
+        ra = r0 * rng.uniform(0.95, 1.15)
         start = np.array([cu + ra * math.cos(at), cvv + ra * stretch * math.sin(at)], dtype=np.float32)
         inward = round(at / (math.pi / 2)) * (math.pi / 2) + math.pi  # broken yarns run along the grain
-        pts = _wander(rng, start, inward + rng.normal(0, 0.4), rng.uniform(1.5, 0.5 * r0), 0.3)
-        lines.append((cv.frame.to_image(pts), float(rng.uniform(0.7, 1.1))))
+        pts = _wander(rng, start, inward + rng.normal(0, 0.4), rng.uniform(2.0, 0.55 * r0), 0.3)
+        lines.append((cv.frame.to_image(pts), float(rng.uniform(0.9, 1.4))))
     yarn = _draw_lines(cv.grid, lines)
     tone = np.clip(fabric * rng.uniform(0.95, 1.15) + 0.08 * (1 - lum), 0.0, 1.0)
     cv.rgb = _composite(rgb, yarn, tone[None, None, :] * (0.8 + 0.3 * _blur(yarn, 1)[..., None]))
@@ -559,8 +580,8 @@ def _raw_edge(cv: _Canvas, rng: np.random.Generator) -> None:
         edge_v = float(rng.uniform(-35.0, 35.0))
         side = float(rng.choice([-1.0, 1.0]))
     uc = float(rng.uniform(-28.0, 28.0))
-    length = float(rng.uniform(34.0, 54.0))
-    width = float(rng.uniform(5.5, 9.0))
+    length = float(rng.uniform(40.0, 58.0))
+    width = float(rng.uniform(10.0, 14.0))
     t = (cv.u - uc) / (length / 2)
     ragged = 1.0 + 0.2 * _noise(rng, cv.grid.res, 24)
     open_w = width * np.power(np.clip(1.0 - t**2, 0.0, 1.0), 0.5) * ragged
@@ -568,9 +589,9 @@ def _raw_edge(cv: _Canvas, rng: np.random.Generator) -> None:
     gap = np.clip((open_w - np.abs(s - open_w / 2) * 2) * cv.grid.px / 1.5 + 0.5, 0.0, 1.0)
     gap = gap * (open_w > 0.3)
     shade = 0.6 + 0.4 * _smoothstep(1.0 - s / np.maximum(open_w, 1e-3))  # the lifted ply casts a shadow
-    # The cut ply's edge curls up and catches the light.
-    lip = 1.0 + 0.25 * np.exp(-(((s - open_w) / 1.0) ** 2)) * (open_w > 0.3)
-    rgb = cv.rgb * lip[..., None]
+    # The cut ply's edge curls up and catches the light (on a dark fabric as a sheen).
+    ridge = np.exp(-(((s - open_w) / 1.0) ** 2)) * (open_w > 0.3)
+    rgb = cv.rgb * (1.0 + 0.25 * ridge[..., None]) + (0.25 * (1.0 - lum) * ridge)[..., None]
     # Under a lifted ply is shadow, whatever the fabric's colour; the fringe shows against it.
     yarn_below = np.roll(cv.h, int(5 * cv.grid.px), axis=0)
     beneath = fabric * rng.uniform(0.3, 0.45) * (0.6 + 0.4 * yarn_below)[..., None]
@@ -587,13 +608,14 @@ def _raw_edge(cv: _Canvas, rng: np.random.Generator) -> None:
         start = np.array([uu + rng.normal(0, 0.3), edge_v + side * base_s], dtype=np.float32)
         heading = math.atan2(side * (1.0 if from_far else -1.0), 0.0) + rng.normal(0, 0.3)
         pts = _wander(rng, start, heading, w_here * float(rng.uniform(0.3, 0.95)), 0.35)
-        lines.append((cv.frame.to_image(pts), float(rng.uniform(0.7, 1.1))))
+        lines.append((cv.frame.to_image(pts), float(rng.uniform(0.9, 1.4))))
     for _ in range(int(rng.integers(2, 5))):  # long loose fibres lying across
         start = np.array([uc + rng.uniform(-length / 3, length / 3), edge_v + side * width], dtype=np.float32)
         pts = _wander(rng, start, float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(6.0, 14.0)), 0.35)
         lines.append((cv.frame.to_image(pts), float(rng.uniform(0.5, 0.8))))
     yarn = _draw_lines(cv.grid, lines)
-    tone = np.clip(fabric * rng.uniform(1.0, 1.2) + 0.18 * (1 - lum), 0.0, 1.0)
+    # Cut yarn ends splay and catch the light: on a dark fabric they read clearly lighter.
+    tone = np.clip(fabric * rng.uniform(1.0, 1.2) + 0.38 * (1 - lum), 0.0, 1.0)
     cv.rgb = _composite(rgb, yarn, tone[None, None, :] * (0.8 + 0.3 * _blur(yarn, 1)[..., None]))
     region = np.clip((open_w + 1.5 - np.abs(s - open_w / 2) * 2) * cv.grid.px, 0.0, 1.0) * (open_w > 0.3)
     cv.mask = np.maximum(region, yarn)
@@ -624,53 +646,63 @@ def _uncut_thread(cv: _Canvas, rng: np.random.Generator) -> None:
         start = rng.uniform(-35.0, 35.0, 2).astype(np.float32)
         heading = float(rng.uniform(0, 2 * math.pi))
         colour = _contrasting(np.array(cv.scene.fabric, dtype=np.float32), rng)
-    length = float(rng.uniform(30.0, 55.0))
+    colour = _standout(colour, np.array(cv.scene.fabric, dtype=np.float32))
+    length = float(rng.uniform(45.0, 70.0))
     curl = float(rng.uniform(0.06, 0.15))
     pts = cv.frame.to_image(_wander(rng, start, heading, length, curl))
     if np.mean(np.abs(pts).max(axis=1) < _HALF - 4) < 0.8:
         # Mostly out of view: let it fall the other way, so the defect is in the photo.
         pts = cv.frame.to_image(_wander(rng, start, heading + math.pi, length, curl))
-    width = float(rng.uniform(1.0, 1.5))
+    width = float(rng.uniform(2.2, 3.0))
     _thread_on_fabric(cv, [(pts, width)], colour, 3.0)
 
 
 def _broken_stitch_gap(rng: np.random.Generator) -> tuple[int, int]:
     """Which stitches of the row are missing (indices along the row, around the image centre)."""
-    k0 = int(rng.integers(-6, 3))
-    return k0, k0 + int(rng.integers(3, 6))
+    k0 = int(rng.integers(-6, 2))
+    return k0, k0 + int(rng.integers(4, 7))
 
 
 def _broken_stitch_ends(cv: _Canvas, rng: np.random.Generator, gap: tuple[int, int], row_v: float) -> None:
-    """Loose thread ends where the stitch row snapped, and the gap itself as the mask."""
+    """Loose thread ends where the stitch row snapped, the seam gaping along the gap, and both as the mask."""
     p = cv.scene.params
     sp, phase = float(p["stitch_period"]), float(p["stitch_phase"])
     u0 = (gap[0] - phase) * sp  # start of the first missing stitch
     u1 = (gap[1] - 1 - phase + float(p["stitch_duty"])) * sp  # end of the last one
+    seam_v = cv.scene.seam_v
+    # Unheld, the two plies part a little along the gap: a slit showing what lies beneath.
+    along = (cv.u - (u0 + u1) / 2) / ((u1 - u0) / 2 + 1.0)
+    open_w = float(rng.uniform(1.2, 3.0)) * np.sqrt(np.clip(1.0 - along**2, 0.0, 1.0))
+    slit = np.clip((open_w / 2 - np.abs(cv.v - seam_v)) * cv.grid.px + 0.5, 0.0, 1.0) * (open_w > 0.2)
+    cv.rgb = _composite(cv.rgb, slit, _beneath(cv, rng))
     lines: list[tuple[_F, float]] = []
-    width = float(p["stitch_width"]) * 0.9
-    lone = int(rng.integers(0, 4))  # 0 or 1: only that end shows; otherwise both
+    width = max(2.2, float(p["stitch_width"]) * 1.4)
+    lone = int(rng.integers(0, 6))  # 0 or 1: only that end shows; otherwise both
     for e, (u_end, direction) in enumerate(((u0, 1.0), (u1, -1.0))):
         if lone < 2 and e != lone:
             continue
         start = np.array([u_end, row_v], dtype=np.float32)
         # A snapped end springs away from the seam line and from the gap, so the gap stays visible.
         heading = math.atan2(float(rng.choice([-1.0, 1.0])), -direction * rng.uniform(0.1, 0.9))
-        pts = _wander(rng, start, heading, float(rng.uniform(5.0, 12.0)), 0.3)
+        pts = _wander(rng, start, heading, float(rng.uniform(14.0, 24.0)), 0.3)
         lines.append((cv.frame.to_image(pts), width))
-    colour = np.array(cv.scene.thread, dtype=np.float32)
+    colour = _standout(
+        np.array(cv.scene.thread, dtype=np.float32), np.array(cv.scene.fabric, dtype=np.float32)
+    )
     if lines:
         _thread_on_fabric(cv, lines, colour, 2.5)
-    box = (cv.u > u0 - 1.5) & (cv.u < u1 + 1.5) & (np.abs(cv.v - row_v) < 2.5)
+    lo, hi = min(seam_v, row_v) - 2.5, max(seam_v, row_v) + 2.5
+    box = (cv.u > u0 - 1.5) & (cv.u < u1 + 1.5) & (cv.v > lo) & (cv.v < hi)
     cv.mask = np.maximum(cv.mask, box.astype(np.float32))
 
 
 def _puckering(u: _F, v: _F, seam_v: float, rng: np.random.Generator) -> tuple[_F, _F, _F, _F]:
     """Gathered ripples across a stretch of seam: displaced fabric coordinates, shading and mask."""
     uc = float(rng.uniform(-28.0, 28.0))
-    half = float(rng.uniform(18.0, 28.0))
-    wv = float(rng.uniform(7.0, 11.0))
-    lam = float(rng.uniform(5.5, 10.0))
-    amp = float(rng.uniform(0.25, 0.42))
+    half = float(rng.uniform(20.0, 30.0))
+    wv = float(rng.uniform(9.0, 13.0))
+    lam = float(rng.uniform(7.5, 12.0))
+    amp = float(rng.uniform(0.4, 0.58))
     tilt = float(rng.uniform(-0.6, 0.6))  # puckers often run a little diagonally off the seam
     t = ((u - uc) / half) ** 2
     env_u = np.exp(-(t * t))
@@ -682,7 +714,7 @@ def _puckering(u: _F, v: _F, seam_v: float, rng: np.random.Generator) -> tuple[_
     phi = 2 * np.pi * ((u - uc) + tilt * np.abs(v - seam_v)) / lam + wobble + rng.uniform(0, 2 * math.pi)
     # Gathering compresses the fabric along the seam and makes the seam line itself wave.
     ut = u + 0.35 * lam / (2 * np.pi) * np.sin(phi) * env
-    vt = v + 1.3 * np.cos(phi) * env_u * np.exp(-(((v - seam_v) / (1.6 * wv)) ** 2))
+    vt = v + 1.8 * np.cos(phi) * env_u * np.exp(-(((v - seam_v) / (1.6 * wv)) ** 2))
     shading = 1.0 + amp * np.cos(phi) * env
     # The ripples fade out smoothly; the mask takes where they are still clearly there.
     return ut, vt, shading.astype(np.float32), (env > 0.2).astype(np.float32)
@@ -690,7 +722,7 @@ def _puckering(u: _F, v: _F, seam_v: float, rng: np.random.Generator) -> tuple[_
 
 def _pucker_sheen(shading: _F, fabric: _F) -> _F:
     """Ripple crests as highlights: on dark fabrics a multiplicative shade alone would not show."""
-    return np.clip(shading - 1.0, 0.0, None) * 0.35 * (1.0 - _lum(fabric))
+    return np.clip(shading - 1.0, 0.0, None) * 0.5 * (1.0 - _lum(fabric))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -755,7 +787,8 @@ def render_sample(
 
     fabric = np.array(scene.fabric, dtype=np.float32)
     lum = float(fabric @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
-    body = (0.5 + 0.5 * h).astype(np.float32)
+    depth = float(p["relief"])  # how deep the yarn structure reads: flat microfibre to chunky knit
+    body = (1.0 - depth + depth * h).astype(np.float32)
     # Dark fabrics show their structure as sheen on the yarn crowns rather than as albedo.
     sheen = (0.16 * (1.0 - lum) * h * h * h).astype(np.float32)
     rgb = fabric[None, None, :] * body[..., None] + sheen[..., None]
@@ -797,7 +830,10 @@ def render_sample(
     for _ in range(int(p["lint"])):
         start = detail_rng.uniform(-55.0, 55.0, 2).astype(np.float32)
         heading = float(detail_rng.uniform(0, 2 * math.pi))
-        lint_lines.append((_wander(detail_rng, start, heading, float(detail_rng.uniform(2, 5)), 0.4), 0.5))
+        length = float(detail_rng.uniform(2.5, 7.0))
+        lint_lines.append(
+            (_wander(detail_rng, start, heading, length, 0.4), float(detail_rng.uniform(0.5, 0.8)))
+        )
     if lint_lines:
         lint = _draw_lines(grid, lint_lines) * 0.6
         rgb_l = cv.rgb
