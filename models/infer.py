@@ -72,11 +72,12 @@ ConcreteBackend = Literal["eager", "channels_last", "onnxruntime"]
 BACKENDS: tuple[ConcreteBackend, ...] = get_args(ConcreteBackend)
 
 # What ``backend="auto"`` tries, in order, per architecture (eager always ends the list). Measured by
-# benchmarks/bench_inference.py, results in benchmarks/results/inference.json (128 px, batch 16 and 32,
-# 1 and 3 channels, 2 torch threads, 2-core AMD EPYC, 2026-11-25): ONNX Runtime was the fastest path
-# for every architecture (predictor vs bare eager loop: see docs/benchmarks.md), channels_last the
-# fastest without an extra dependency. torch.compile, TorchScript freeze, bf16 autocast and int8
-# dynamic quantisation were measured and not kept (the JSON's "optimisations" says why).
+# benchmarks/bench_inference.py -> benchmarks/results/inference.json (128 px, 1 and 3 channels, batch 16
+# and 32, 2 torch threads, 2-core AMD EPYC, 2026-11-25). ONNX Runtime was the fastest path for every
+# architecture and configuration: predictor vs bare eager loop 3.1-4.9x at batch 32 in that (busy,
+# shared) run, 1.7-5.0x in quieter exploratory side-by-side runs; no prediction changed. channels_last
+# was next (1.2-1.9x) and needs no extra dependency. TorchScript freeze, torch.compile, bf16 autocast and int8
+# dynamic quantisation were slower than ONNX Runtime or changed predictions (the JSON's "optimisations").
 AUTO_BACKENDS: dict[str, tuple[ConcreteBackend, ...]] = {
     "baseline_cnn": ("onnxruntime", "channels_last"),
     "improved_cnn": ("onnxruntime", "channels_last"),

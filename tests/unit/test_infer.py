@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,16 @@ ARCH_NAMES = sorted(ARCHITECTURES)
 SIZE = 48
 CLASSES = ("ok", "hole", "raw_edge")
 DEFECTS = ("hole", "seam_puckering", "uncut_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The models here are tiny; with shared, busy cores two OpenMP threads spend more time waiting for
+    # each other than computing (10x slower). One thread keeps the module fast and its timing steady.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _model(arch: str, channels: int = 3, seed: int = 0) -> nn.Module:
