@@ -1,0 +1,986 @@
+"""Label efficiency of the active-learning strategies on the AITEX tiles (real fabric, ~1:19 defect:ok).
+
+Measures how many labels each selection strategy needs to reach 95 % of the validation F1 (defect
+class) of a model trained on the whole labelled pool, against random sampling (target: the best
+strategy needs at most 40 % of the labels random needs), with learning curves and defects found.
+
+Protocol (every number of it is in the JSON's ``config``):
+- One fixed validation set of whole fabric/strip groups (``group_split``, seed ``--split-seed``, 20 %,
+  stratified so it holds defects); the other tiles are the pool. The same split serves every strategy
+  and seed; seeds vary the seed set, the initial weights, augmentation and random picks.
+- ``improved_cnn`` from scratch (no pretrained weights, nothing downloaded), grayscale at
+  ``--image-size`` px, AdamW + cosine, class-weighted cross-entropy, flips/rotations.
+- A stratified seed set (the first of ``--sizes``, with ``--seed-defects`` defects), then rounds that
+  grow the labelled set to each next size (default 20, 30, 40, 60, ... 400: log-spaced, as the curves
+  rise over the first hundred labels). Each round warm-starts from the previous round's weights (new
+  optimiser) and trains ``--epochs-per-round`` epochs, at least ``--min-steps`` steps; batch-norm
+  statistics are then recomputed on the labelled set. The model of the last epoch is scored (no early
+  stopping, so the validation set never picks weights). Round 0 is shared by the strategies of a seed.
+- Pool scoring goes through ``models.infer.Predictor`` (the system's inference path; MC-dropout with
+  ``--mc-passes`` passes for BALD) and picks through ``models.selection.select``.
+- Strategies: random, entropy, bald, hybrid (entropy top-5k, then k-center over embeddings). For two
+  classes margin and least confidence rank exactly like entropy (all are monotone in |p - 0.5|); the
+  entropy arm records how many of its picks margin and least confidence would have made too.
+- Reference: the same recipe from scratch on the whole pool for ``--reference-epochs`` epochs, one run
+  per seed; F1_full is their mean. A random arm that has not reached 95 % of it at the budget goes on
+  with larger rounds (``--random-extension``) until it does, so its figure is measured, not bounded.
+- Metrics: defect-class F1 at the best threshold on validation (headline; tuned on the same set, so
+  optimistic for every arm alike), F1 at 0.5 and AUC, each with its own labels-to-95 %.
+  "Labels to reach" interpolates linearly between the two rounds around the first crossing.
+
+Run (from the repository root): ``.venv/bin/python benchmarks/bench_label_efficiency.py`` (about 40
+minutes on 2 shared cores), ``--quick`` for a 1-2 minute smoke run (written to /tmp, no docs row),
+``--probe-sizes 48 64 96`` to train only the full-pool reference at several sizes (the size question).
+Writes benchmarks/results/label_efficiency.json, label_efficiency.png and a row of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from common import (
+    RESULTS_DIR,
+    THREADS_HELP,
+    FloatArray,
+    IntArray,
+    binary_metrics,
+    command_line,
+    console,
+    decoded_dataset,
+    fmt_mean_std,
+    load_tiles,
+    machine_info,
+    mean_std,
+    progress_bar,
+    relative,
+    require_dataset,
+    save_png,
+    set_threads,
+    setup_logging,
+    split_by_strip,
+    split_summary,
+    stack_images,
+    write_docs_row,
+    write_json,
+)
+from rich.progress import TaskID
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from models.data import BINARY_CLASSES, ImageDataset, InputSpec, class_weights
+from models.infer import Predictor
+from models.registry import create_model
+from models.selection import select
+
+NAME = "label_efficiency"
+SCRIPT = "benchmarks/bench_label_efficiency.py"
+ARCH = "improved_cnn"
+STRATEGIES = ("random", "entropy", "bald", "hybrid")
+METRICS = ("f1_best", "f1_05", "auc")
+HEADLINE = "f1_best"
+REACH = 0.95
+# Log-spaced: the curves rise fastest over the first hundred labels, where 40-label steps are too coarse.
+DEFAULT_SIZES = (20, 30, 40, 60, 80, 110, 150, 200, 260, 330, 400)
+TARGET_RATIO = 0.40
+PREDICT_BATCH = 256
+BN_IMAGES = 1024
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How every model of the benchmark is trained and scored."""
+
+    image_size: int
+    epochs_per_round: int
+    min_steps: int
+    reference_epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    mc_passes: int
+    hybrid_pool_factor: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which labels arrive when: the labelled-set size after each round, the first being the seed set."""
+
+    sizes: tuple[int, ...]
+    seed_defects: int
+    random_extension: tuple[int, ...]
+    max_candidates: int | None  # unlabelled images scored per round (a seeded random subset); None = all
+
+    def __post_init__(self) -> None:
+        if len(self.sizes) < 2 or any(b <= a for a, b in zip(self.sizes, self.sizes[1:], strict=False)):
+            raise SystemExit(f"--sizes must be at least two increasing sizes, got {list(self.sizes)}")
+        if not 0 < self.seed_defects < self.sizes[0]:
+            raise SystemExit(f"--seed-defects must lie in 1..{self.sizes[0] - 1}, got {self.seed_defects}")
+
+    @property
+    def seed_labels(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def budget(self) -> int:
+        return self.sizes[-1]
+
+
+@dataclass
+class Bench:
+    """The decoded tiles (once per process) and the split; models and rounds index into it."""
+
+    images: torch.Tensor  # (N, 1, H, W) normalised, no augmentation
+    augmented: ImageDataset  # the same tiles with training augmentation
+    labels: IntArray
+    pool: IntArray
+    val: IntArray
+    recipe: Recipe
+    threads: int
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def new_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model: nn.Module = create_model(ARCH, num_classes=2, in_chans=1, pretrained=False)
+    model.to(memory_format=torch.channels_last)  # oneDNN's fast path on CPU; in place for a module
+    return model
+
+
+def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor) -> None:
+    """Exact batch-norm statistics over ``images`` (eval mode otherwise): a few steps of momentum
+    averaging on a small labelled set leave them far from the data the model now sees."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    if not norms:
+        return
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    with torch.no_grad():
+        for start in range(0, len(images), PREDICT_BATCH):
+            model(images[start : start + PREDICT_BATCH].contiguous(memory_format=torch.channels_last))
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+
+
+def fit(
+    model: nn.Module,
+    bench: Bench,
+    indices: IntArray,
+    *,
+    epochs: int,
+    min_steps: int,
+    seed: int,
+    after_epoch: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` in place on ``indices`` (warm: whatever weights it has); new AdamW + cosine."""
+    recipe = bench.recipe
+    started = time.perf_counter()
+    torch.manual_seed(seed)  # augmentation and dropout draw from the global RNG
+    generator = torch.Generator().manual_seed(seed)
+    labels = bench.labels[indices]
+    criterion = nn.CrossEntropyLoss(weight=class_weights(labels.tolist(), 2))
+    drop_last = len(indices) > recipe.batch_size and len(indices) % recipe.batch_size == 1
+    loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
+        Subset(bench.augmented, indices.tolist()),
+        batch_size=recipe.batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=drop_last,
+    )
+    n_epochs = max(epochs, math.ceil(min_steps / max(len(loader), 1)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=n_epochs * len(loader))
+    bn_subset = indices
+    if len(indices) > BN_IMAGES:
+        bn_subset = np.random.default_rng(seed).choice(indices, BN_IMAGES, replace=False)
+    bn_images = bench.images[torch.as_tensor(bn_subset)]
+    steps = 0
+    for epoch in range(1, n_epochs + 1):
+        model.train()
+        for images, targets in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(images.contiguous(memory_format=torch.channels_last)), targets)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+        if after_epoch is not None:
+            recalibrate_batch_norm(model, bn_images)
+            after_epoch(epoch)
+    recalibrate_batch_norm(model, bn_images)
+    return {"epochs": n_epochs, "steps": steps, "seconds": time.perf_counter() - started}
+
+
+def predictor(model: nn.Module, bench: Bench, mc_passes: int = 0) -> Predictor:
+    return Predictor(
+        model,
+        ARCH,
+        class_names=BINARY_CLASSES,
+        image_size=bench.recipe.image_size,
+        channels=1,
+        mc_passes=mc_passes,
+        backend="channels_last",
+        num_threads=bench.threads,
+    )
+
+
+def predict(
+    pred: Predictor, bench: Bench, indices: IntArray
+) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+    """(probs, embeddings, mc_probs or None) for the tiles ``indices``, in batches."""
+    probs, embeddings, mc = [], [], []
+    for start in range(0, len(indices), PREDICT_BATCH):
+        chunk = torch.as_tensor(indices[start : start + PREDICT_BATCH])
+        out = pred.predict(bench.images[chunk])
+        probs.append(out.probs)
+        embeddings.append(out.embeddings)
+        if out.mc_probs is not None:
+            mc.append(out.mc_probs)
+    return (
+        np.concatenate(probs),
+        np.concatenate(embeddings),
+        np.concatenate(mc, axis=1) if mc else None,
+    )
+
+
+def evaluate(model: nn.Module, bench: Bench) -> dict[str, float]:
+    probs, _, _ = predict(predictor(model, bench), bench, bench.val)
+    return binary_metrics(bench.labels[bench.val], probs[:, 1])
+
+
+# --- selection ------------------------------------------------------------------------------------
+
+
+def seed_set(bench: Bench, schedule: Schedule, rng: np.random.Generator) -> IntArray:
+    """A stratified first batch: ``seed_defects`` defect tiles and the rest ok, drawn from the pool."""
+    pool_labels = bench.labels[bench.pool]
+    defects = rng.choice(bench.pool[pool_labels == 1], schedule.seed_defects, replace=False)
+    oks = rng.choice(
+        bench.pool[pool_labels == 0], schedule.seed_labels - schedule.seed_defects, replace=False
+    )
+    return np.sort(np.concatenate([defects, oks]))
+
+
+def choose(
+    strategy: str,
+    model: nn.Module,
+    bench: Bench,
+    labelled: IntArray,
+    k: int,
+    schedule: Schedule,
+    rng: np.random.Generator,
+) -> tuple[IntArray, dict[str, Any]]:
+    """The next ``k`` pool tiles to label by ``strategy``, scored by the current model."""
+    unlabelled = np.setdiff1d(bench.pool, labelled)
+    info: dict[str, Any] = {}
+    if strategy == "random":
+        picks = select("random", k, probs=np.full((len(unlabelled), 2), 0.5), seed=int(rng.integers(2**31)))
+        return unlabelled[list(picks.indices)], info
+    candidates = unlabelled
+    if schedule.max_candidates is not None and len(unlabelled) > schedule.max_candidates:
+        candidates = np.sort(rng.choice(unlabelled, schedule.max_candidates, replace=False))
+    info["candidates"] = len(candidates)
+    mc_passes = bench.recipe.mc_passes if strategy == "bald" else 0
+    torch.manual_seed(int(rng.integers(2**31)))  # MC-dropout masks
+    pred = predictor(model, bench, mc_passes)
+    probs, embeddings, mc = predict(pred, bench, candidates)
+    if strategy == "entropy":
+        chosen = select("entropy", k, probs=probs)
+        same = set(chosen.indices)
+        for other in ("margin", "least_confidence"):
+            info[f"overlap_with_{other}"] = len(same & set(select(other, k, probs=probs).indices)) / max(k, 1)
+    elif strategy == "bald":
+        chosen = select("bald", k, mc_probs=mc)
+    elif strategy == "hybrid":
+        _, labelled_embeddings, _ = predict(pred, bench, labelled)
+        chosen = select(
+            "hybrid",
+            k,
+            probs=probs,
+            embeddings=embeddings,
+            labelled_embeddings=labelled_embeddings,
+            hybrid_pool_factor=bench.recipe.hybrid_pool_factor,
+        )
+    else:
+        chosen = select(strategy, k, probs=probs, mc_probs=mc, embeddings=embeddings)
+    return candidates[list(chosen.indices)], info
+
+
+# --- arms -----------------------------------------------------------------------------------------
+
+
+def round_row(
+    size: int, labelled: IntArray, bench: Bench, metrics: dict[str, float], **extra: Any
+) -> dict[str, Any]:
+    return {"labels": size, "defects_found": int(bench.labels[labelled].sum()), **metrics, **extra}
+
+
+def run_arm(
+    strategy: str,
+    seed: int,
+    bench: Bench,
+    schedule: Schedule,
+    start: tuple[nn.Module, IntArray, dict[str, Any]],
+    bar_step: Callable[[str], None],
+    reach_target: float | None,
+) -> list[dict[str, Any]]:
+    """One strategy's learning curve for one seed, from the shared round 0 (model, labels, row)."""
+    recipe = bench.recipe
+    model = copy.deepcopy(start[0])
+    labelled = start[1]
+    rows = [dict(start[2])]
+    rng = np.random.default_rng([seed, STRATEGIES.index(strategy) if strategy in STRATEGIES else 99])
+    sizes = list(schedule.sizes)[1:]
+    extension = list(schedule.random_extension) if strategy == "random" else []
+    for r, size in enumerate(sizes + extension, start=1):
+        if r > len(sizes):  # random beyond the budget: only until it reaches the bar
+            if reach_target is None or labels_to_reach(rows, HEADLINE, reach_target) is not None:
+                break
+            size = min(size, len(bench.pool))
+            if size <= len(labelled):
+                break
+        t0 = time.perf_counter()
+        picked, info = choose(strategy, model, bench, labelled, size - len(labelled), schedule, rng)
+        select_seconds = time.perf_counter() - t0
+        labelled = np.sort(np.concatenate([labelled, picked]))
+        trained = fit(
+            model,
+            bench,
+            labelled,
+            epochs=recipe.epochs_per_round,
+            min_steps=recipe.min_steps,
+            seed=seed * 1000 + r,
+        )
+        metrics = evaluate(model, bench)
+        rows.append(
+            round_row(
+                len(labelled),
+                labelled,
+                bench,
+                metrics,
+                picked_defects=int(bench.labels[picked].sum()),
+                select_seconds=select_seconds,
+                train_seconds=trained["seconds"],
+                train_epochs=trained["epochs"],
+                extension=r > len(sizes),
+                **info,
+            )
+        )
+        bar_step(f"{strategy} s{seed} {len(labelled)} labels: F1 {metrics[HEADLINE]:.2f}")
+    return rows
+
+
+def first_round(seed: int, bench: Bench, schedule: Schedule) -> tuple[nn.Module, IntArray, dict[str, Any]]:
+    """Round 0, the same for every strategy of a seed: the seed set and a model trained on it."""
+    labelled = seed_set(bench, schedule, np.random.default_rng([seed, 12345]))
+    model = new_model(seed)
+    trained = fit(
+        model,
+        bench,
+        labelled,
+        epochs=bench.recipe.epochs_per_round,
+        min_steps=bench.recipe.min_steps,
+        seed=seed * 1000,
+    )
+    metrics = evaluate(model, bench)
+    row = round_row(
+        len(labelled),
+        labelled,
+        bench,
+        metrics,
+        picked_defects=int(bench.labels[labelled].sum()),
+        train_seconds=trained["seconds"],
+        train_epochs=trained["epochs"],
+        extension=False,
+    )
+    return model, labelled, row
+
+
+def run_reference(seed: int, bench: Bench, bar_step: Callable[[str], None]) -> dict[str, Any]:
+    """The full-pool model: same recipe, from scratch, every pool label, last epoch scored."""
+    model = new_model(seed)
+    history: list[dict[str, float]] = []
+
+    def after_epoch(epoch: int) -> None:
+        history.append({"epoch": epoch, **evaluate(model, bench)})
+        bar_step(f"reference s{seed} epoch {epoch}: F1 {history[-1][HEADLINE]:.2f}")
+
+    trained = fit(
+        model,
+        bench,
+        bench.pool,
+        epochs=bench.recipe.reference_epochs,
+        min_steps=0,
+        seed=seed * 1000 + 999,
+        after_epoch=after_epoch,
+    )
+    final = history[-1] if history else {"epoch": 0, **evaluate(model, bench)}
+    return {
+        "seed": seed,
+        "labels": len(bench.pool),
+        **{k: v for k, v in final.items() if k != "epoch"},
+        "seconds": trained["seconds"],
+        "seconds_per_epoch": trained["seconds"] / max(trained["epochs"], 1),
+        "history": history,
+    }
+
+
+# --- summary --------------------------------------------------------------------------------------
+
+
+def labels_to_reach(rows: Sequence[dict[str, Any]], metric: str, target: float) -> float | None:
+    """Labels at the first crossing of ``target``, linearly interpolated from the round before."""
+    for i, row in enumerate(rows):
+        value = row[metric]
+        if value is not None and value >= target:
+            if i == 0:
+                return float(row["labels"])
+            before = rows[i - 1]
+            f0, f1 = before[metric], value
+            frac = 1.0 if f1 == f0 else (target - f0) / (f1 - f0)
+            return float(before["labels"] + frac * (row["labels"] - before["labels"]))
+    return None
+
+
+def labels_to_stay(rows: Sequence[dict[str, Any]], metric: str, target: float) -> float | None:
+    """The first labelled-set size from which every later round scored stays at or above ``target``
+    (a check on first crossings, which a noisy curve can make by chance)."""
+    for i, row in enumerate(rows):
+        if all(r[metric] is not None and r[metric] >= target for r in rows[i:]):
+            return float(row["labels"])
+    return None
+
+
+def mean_curve(per_seed: dict[int, list[dict[str, Any]]], sizes: Sequence[int]) -> list[dict[str, Any]]:
+    curve = []
+    for size in sizes:
+        at = [r for rows in per_seed.values() for r in rows if r["labels"] == size]
+        if len(at) != len(per_seed):
+            continue
+        point: dict[str, Any] = {"labels": size}
+        for key in (*METRICS, "defects_found"):
+            stats = mean_std([r[key] for r in at])
+            point[key] = stats["mean"]
+            point[f"{key}_std"] = stats["std"]
+        curve.append(point)
+    return curve
+
+
+def summarise(
+    arms: dict[str, dict[int, list[dict[str, Any]]]],
+    f1_full: dict[str, dict[str, Any]],
+    schedule: Schedule,
+) -> dict[str, Any]:
+    sizes = list(schedule.sizes)
+    per_strategy: dict[str, Any] = {}
+    for strategy, per_seed in arms.items():
+        entry: dict[str, Any] = {"reach": {}, "at_budget": {}}
+        for metric in METRICS:
+            target = REACH * f1_full[metric]["mean"]
+            reach = {seed: labels_to_reach(rows, metric, target) for seed, rows in per_seed.items()}
+            last = {seed: rows[-1]["labels"] for seed, rows in per_seed.items()}
+            entry["reach"][metric] = {
+                "target": target,
+                "per_seed": reach,
+                "not_reached_after": {s: last[s] for s, v in reach.items() if v is None},
+                "stats": mean_std(list(reach.values())),
+                "all_seeds_reached": all(v is not None for v in reach.values()),
+                "mean_curve": labels_to_reach(mean_curve(per_seed, sizes), metric, target),
+                "sustained_per_seed": {
+                    s: labels_to_stay(rows, metric, target) for s, rows in per_seed.items()
+                },
+            }
+            entry["reach"][metric]["sustained_stats"] = mean_std(
+                list(entry["reach"][metric]["sustained_per_seed"].values())
+            )
+        for key in (*METRICS, "defects_found"):
+            values = [
+                next((r[key] for r in rows if r["labels"] == schedule.budget), None)
+                for rows in per_seed.values()
+            ]
+            entry["at_budget"][key] = mean_std(values)
+        entry["curve"] = mean_curve(per_seed, sizes)
+        per_strategy[strategy] = entry
+
+    random_defects = per_strategy["random"]["at_budget"]["defects_found"]["mean"]
+    for entry in per_strategy.values():
+        found = entry["at_budget"]["defects_found"]["mean"]
+        entry["defects_vs_random_at_budget"] = found / random_defects if random_defects and found else None
+
+    ratios: dict[str, Any] = {}
+    for metric in METRICS:
+        random_reach = per_strategy["random"]["reach"][metric]
+        candidates = [s for s in per_strategy if s != "random"]
+        # Best: reached on the most seeds, then the fewest labels on average.
+        candidates.sort(
+            key=lambda s: (
+                -per_strategy[s]["reach"][metric]["stats"]["n"],
+                per_strategy[s]["reach"][metric]["stats"]["mean"] or math.inf,
+            )
+        )
+        best = candidates[0] if candidates else None
+        result: dict[str, Any] = {"best_strategy": best, "target_ratio": TARGET_RATIO}
+        if best is not None:
+            best_reach = per_strategy[best]["reach"][metric]
+            if best_reach["all_seeds_reached"] and random_reach["all_seeds_reached"]:
+                ratio = best_reach["stats"]["mean"] / random_reach["stats"]["mean"]
+                seed_ratios = {
+                    s: best_reach["per_seed"][s] / random_reach["per_seed"][s] for s in best_reach["per_seed"]
+                }
+                result.update(
+                    ratio=ratio,
+                    per_seed=seed_ratios,
+                    per_seed_stats=mean_std(list(seed_ratios.values())),
+                    target_met=ratio <= TARGET_RATIO,
+                    status="measured",
+                )
+            elif best_reach["all_seeds_reached"] and random_reach["stats"]["n"] == 0:
+                # Random got there on no seed: its labels exceed the last size it was scored at.
+                bound = best_reach["stats"]["mean"] / float(
+                    np.mean([rows[-1]["labels"] for rows in arms["random"].values()])
+                )
+                result.update(
+                    ratio_upper_bound=bound, target_met=bound <= TARGET_RATIO or None, status="bound"
+                )
+            elif best_reach["all_seeds_reached"]:
+                n, total = random_reach["stats"]["n"], len(random_reach["per_seed"])
+                result.update(
+                    status=f"random reached the bar on {n}/{total} seeds only: no ratio", target_met=None
+                )
+            else:
+                result.update(status="best strategy did not reach the bar on every seed", target_met=False)
+        result["sustained"] = sustained_ratio(per_strategy, metric)
+        ratios[metric] = result
+    return {"strategies": per_strategy, "ratios": ratios, "headline_metric": HEADLINE}
+
+
+def sustained_ratio(per_strategy: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The same ratio on the sustained reach (the size from which a curve stays at or above the bar)."""
+    random_stay = per_strategy["random"]["reach"][metric]["sustained_stats"]
+    n_seeds = len(per_strategy["random"]["reach"][metric]["per_seed"])
+    complete = [
+        s
+        for s in per_strategy
+        if s != "random" and per_strategy[s]["reach"][metric]["sustained_stats"]["n"] == n_seeds
+    ]
+    if random_stay["n"] != n_seeds or not complete:
+        return {"status": "not every seed stays above the bar within the budget", "target_met": False}
+    best = min(complete, key=lambda s: per_strategy[s]["reach"][metric]["sustained_stats"]["mean"])
+    ratio = per_strategy[best]["reach"][metric]["sustained_stats"]["mean"] / random_stay["mean"]
+    return {"best_strategy": best, "ratio": ratio, "target_met": ratio <= TARGET_RATIO, "status": "measured"}
+
+
+# --- plot -----------------------------------------------------------------------------------------
+
+_COLOURS = {"random": "#555555", "entropy": "#1f77b4", "bald": "#d62728", "hybrid": "#2ca02c"}
+
+
+def plot(
+    arms: dict[str, dict[int, list[dict[str, Any]]]],
+    f1_full: dict[str, dict[str, Any]],
+    schedule: Schedule,
+    pool_defects: int,
+    path: Path,
+    title: str,
+) -> None:
+    panels = (
+        ("f1_best", "defect F1, best threshold"),
+        ("f1_05", "defect F1, threshold 0.5"),
+        ("auc", "AUC"),
+        ("defects_found", "defects among the labels"),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.5))
+    for ax, (key, label) in zip(axes.flat, panels, strict=True):
+        for strategy, per_seed in arms.items():
+            sizes = sorted({r["labels"] for rows in per_seed.values() for r in rows})
+            curve = mean_curve(per_seed, sizes)
+            xs = np.array([p["labels"] for p in curve])
+            ys = np.array([p[key] for p in curve], dtype=float)
+            sd = np.array([p[f"{key}_std"] for p in curve], dtype=float)
+            colour = _COLOURS.get(strategy)
+            ax.plot(xs, ys, marker="o", ms=3, label=strategy, color=colour)
+            ax.fill_between(xs, ys - sd, ys + sd, alpha=0.15, color=colour)
+        if key in f1_full:
+            full = f1_full[key]["mean"]
+            ax.axhline(full, color="black", lw=1, label="full pool")
+            ax.axhline(REACH * full, color="black", lw=1, ls="--", label="95 % of full pool")
+        if key == "defects_found":
+            ax.axhline(pool_defects, color="black", lw=1, ls=":", label="defects in the pool")
+        ax.axvline(schedule.budget, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("labels")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8, loc="lower right")
+    axes.flat[3].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_png(fig, path)
+    plt.close(fig)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 seed, 20->120 labels, 2 reference epochs"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SIZES),
+        help="labelled-set size after each round; the first is the stratified seed set, the last the budget",
+    )
+    p.add_argument("--seed-defects", type=int, default=3, help="defect tiles in the seed set")
+    p.add_argument("--random-extension", type=int, nargs="*", default=[600, 800, 1000, 1300])
+    p.add_argument(
+        "--max-candidates", type=int, default=0, help="unlabelled tiles scored per round (0 = all)"
+    )
+    p.add_argument("--epochs-per-round", type=int, default=3)
+    p.add_argument("--min-steps", type=int, default=24)
+    p.add_argument("--reference-epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--mc-passes", type=int, default=8)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--threads", type=int, default=2, help=THREADS_HELP)
+    p.add_argument(
+        "--probe-sizes", type=int, nargs="+", help="only train full-pool references at these sizes"
+    )
+    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<name>.json)")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="PATH",
+        help="no training: recompute summary, plot and docs row from an earlier run's JSON",
+    )
+    p.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md row")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        args.sizes, args.random_extension = [20, 40, 80, 120], []
+        args.reference_epochs, args.epochs_per_round, args.min_steps = 2, 1, 6
+        args.max_candidates, args.mc_passes = 400, 4
+        args.no_docs = True
+    return args
+
+
+def load_bench(args: argparse.Namespace, image_size: int) -> tuple[Bench, dict[str, Any]]:
+    root = require_dataset()
+    tiles = load_tiles(root)
+    spec = InputSpec(image_size=image_size, channels=1)
+    dataset = decoded_dataset(tiles.records, tiles.labels.tolist(), spec, description="decode tiles")
+    pool, val = split_by_strip(tiles, seed=args.split_seed, val_fraction=args.val_fraction)
+    recipe = Recipe(
+        image_size=image_size,
+        epochs_per_round=args.epochs_per_round,
+        min_steps=args.min_steps,
+        reference_epochs=args.reference_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        mc_passes=args.mc_passes,
+        hybrid_pool_factor=5.0,
+    )
+    bench = Bench(
+        images=stack_images(dataset),
+        augmented=dataset.with_augment(True),
+        labels=tiles.labels,
+        pool=pool,
+        val=val,
+        recipe=recipe,
+        threads=args.threads,
+    )
+    inputs = {
+        "dataset": tiles.summary(),
+        "split": {
+            "method": "models.data.group_split on fabric/strip groups, stratified; one split for all "
+            "strategies and seeds",
+            "seed": args.split_seed,
+            "val_fraction": args.val_fraction,
+            **split_summary(tiles, pool, val),
+        },
+        "input_spec": spec.to_dict(),
+    }
+    return bench, inputs
+
+
+def probe_sizes(args: argparse.Namespace, started: float) -> None:
+    out = args.out or RESULTS_DIR / f"{NAME}_sizes.json"
+    results: dict[str, Any] = {"benchmark": f"{NAME}_sizes", "command": command_line(), "sizes": {}}
+    for size in args.probe_sizes:
+        bench, inputs = load_bench(args, size)
+        with progress_bar() as bar:
+            task = bar.add_task(
+                f"reference {size} px", total=len(args.seeds) * args.reference_epochs, info=""
+            )
+
+            def step(info: str, task: TaskID = task) -> None:
+                bar.update(task, advance=1, info=info)
+
+            refs = [run_reference(seed, bench, step) for seed in args.seeds]
+        results["sizes"][str(size)] = {
+            "per_seed": refs,
+            **{m: mean_std([r[m] for r in refs]) for m in METRICS},
+            "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in refs]),
+        }
+        console.print(
+            f"{size} px: F1 best {fmt_mean_std(results['sizes'][str(size)]['f1_best'])}, "
+            f"F1@0.5 {fmt_mean_std(results['sizes'][str(size)]['f1_05'])}, "
+            f"AUC {fmt_mean_std(results['sizes'][str(size)]['auc'])}, "
+            f"{results['sizes'][str(size)]['seconds_per_epoch']['mean']:.1f} s/epoch"
+        )
+        results["inputs"] = {k: v for k, v in inputs.items() if k != "input_spec"}
+        results["config"] = {
+            "architecture": ARCH,
+            "weights": "from scratch",
+            "recipe": {**asdict(bench.recipe), "image_size": list(args.probe_sizes)},
+            "seeds": args.seeds,
+        }
+        results["machine"] = machine_info(args.threads)
+        results["wall_seconds"] = time.perf_counter() - started
+        write_json(out, results)
+    console.print(f"wrote {relative(out)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    set_threads(args.threads)
+    started = time.perf_counter()
+    if args.from_json:
+        return refinish(args.from_json, no_docs=args.no_docs)
+    if args.probe_sizes:
+        probe_sizes(args, started)
+        return 0
+    if "random" not in args.strategies:
+        args.strategies = ["random", *args.strategies]
+    default_out = Path("/tmp/defectloop-bench") if args.quick else RESULTS_DIR
+    out = args.out or default_out / f"{NAME}.json"
+    bench, inputs = load_bench(args, args.image_size)
+    schedule = Schedule(
+        sizes=tuple(args.sizes),
+        seed_defects=args.seed_defects,
+        random_extension=tuple(args.random_extension),
+        max_candidates=args.max_candidates or None,
+    )
+    machine = machine_info(args.threads)
+    config = {
+        "architecture": ARCH,
+        "weights": "from scratch (pretrained=False, nothing downloaded)",
+        "recipe": asdict(bench.recipe),
+        "schedule": asdict(schedule),
+        "strategies": args.strategies,
+        "seeds": args.seeds,
+        "headline_metric": HEADLINE,
+        "reach_fraction": REACH,
+        "notes": [
+            "warm start: each round continues from the previous round's weights with a new AdamW and "
+            "cosine schedule; round 0 (seed set) is trained once per seed and shared by all strategies",
+            "the last epoch's model is scored; validation is never used to select weights",
+            "f1_best uses the threshold that maximises F1 on the validation set itself (optimistic)",
+            "margin and least_confidence rank binary probabilities exactly like entropy; the entropy "
+            "arm records the overlap of their picks",
+            "pool scoring via models.infer.Predictor (channels_last backend; MC-dropout for BALD)",
+            "random arm continues past the budget with rounds at random_extension sizes only until "
+            "its headline F1 reaches 95% of F1_full",
+        ],
+    }
+    result: dict[str, Any] = {
+        "benchmark": NAME,
+        "description": "labels each strategy needs to reach 95% of the full-pool validation F1 "
+        "(defect class) vs random",
+        "command": command_line(),
+        "complete": False,
+        "inputs": inputs,
+        "config": config,
+        "machine": machine,
+    }
+    sizes = list(schedule.sizes)
+    total = len(args.seeds) * (args.reference_epochs + len(args.strategies) * (len(sizes) - 1) + 1)
+    arms: dict[str, dict[int, list[dict[str, Any]]]] = {s: {} for s in args.strategies}
+    with progress_bar() as bar:
+        task = bar.add_task(NAME, total=total, info="")
+
+        def step(info: str) -> None:
+            bar.update(task, advance=1, info=info)
+
+        references = [run_reference(seed, bench, step) for seed in args.seeds]
+        f1_full = {m: mean_std([r[m] for r in references]) for m in METRICS}
+        result["reference"] = {"per_seed": references, "f1_full": f1_full}
+        console.print(
+            f"full pool ({len(bench.pool)} labels): F1 best {fmt_mean_std(f1_full['f1_best'])}, "
+            f"F1@0.5 {fmt_mean_std(f1_full['f1_05'])}, AUC {fmt_mean_std(f1_full['auc'])}"
+        )
+        write_json(out, result)
+        target = REACH * f1_full[HEADLINE]["mean"]
+        for seed in args.seeds:
+            start = first_round(seed, bench, schedule)
+            step(f"round 0 s{seed}: F1 {start[2][HEADLINE]:.2f}")
+            for strategy in args.strategies:
+                arms[strategy][seed] = run_arm(strategy, seed, bench, schedule, start, step, target)
+                last = arms[strategy][seed][-1]
+                console.print(
+                    f"seed {seed} {strategy:8s}: {last['labels']} labels, {last['defects_found']} defects, "
+                    f"F1 best {last['f1_best']:.3f}, F1@0.5 {last['f1_05']:.3f}, AUC {last['auc']:.3f}"
+                )
+                result["arms"] = arms
+                result["wall_seconds"] = time.perf_counter() - started
+                write_json(out, result)
+
+    result["wall_seconds"] = time.perf_counter() - started
+    finish(result, arms, f1_full, schedule, out, no_docs=args.no_docs)
+    return 0
+
+
+def finish(
+    result: dict[str, Any],
+    arms: dict[str, dict[int, list[dict[str, Any]]]],
+    f1_full: dict[str, dict[str, Any]],
+    schedule: Schedule,
+    out: Path,
+    *,
+    no_docs: bool,
+) -> None:
+    """Summary, plot, JSON, table and docs row from the measured curves."""
+    summary = summarise(arms, f1_full, schedule)
+    result.update(summary=summary, complete=True)
+    inputs, config = result["inputs"], result["config"]
+    pool, seeds = inputs["split"]["train_or_pool"], config["seeds"]
+    size = inputs["input_spec"]["image_size"]
+    title = (
+        f"{ARCH} from scratch, {size} px, AITEX tiles (pool {pool['tiles']}, {pool['defect']} defects; "
+        f"val {inputs['split']['val']['tiles']}); mean ± std over {len(seeds)} seed(s)"
+    )
+    plot_path = out.with_suffix(".png")
+    plot(arms, f1_full, schedule, pool["defect"], plot_path, title)
+    result["plot"] = relative(plot_path)
+    write_json(out, result)
+    headline = report(summary, f1_full, len(seeds), schedule.budget)
+    if not no_docs:
+        write_docs_row(
+            f"label efficiency: AL strategies vs random, {ARCH} from scratch {size} px, "
+            f"{len(seeds)} seeds, {schedule.seed_labels}->{schedule.budget} labels",
+            headline,
+            SCRIPT,
+        )
+    console.print(f"wrote {relative(out)} and {relative(plot_path)} ({result['wall_seconds'] / 60:.1f} min)")
+
+
+def refinish(path: Path, *, no_docs: bool) -> int:
+    """Recompute summary, plot and docs row from a results JSON (no training)."""
+    result = json.loads(path.read_text(encoding="utf-8"))
+    if "arms" not in result or "reference" not in result:
+        raise SystemExit(f"{path} holds no finished arms to summarise")
+    arms = {s: {int(seed): rows for seed, rows in per.items()} for s, per in result["arms"].items()}
+    sched = result["config"]["schedule"]
+    schedule = Schedule(
+        sizes=tuple(sched["sizes"]),
+        seed_defects=sched["seed_defects"],
+        random_extension=tuple(sched["random_extension"]),
+        max_candidates=sched["max_candidates"],
+    )
+    result["summarised_by"] = command_line()
+    finish(result, arms, result["reference"]["f1_full"], schedule, path, no_docs=no_docs)
+    return 0
+
+
+def report(summary: dict[str, Any], f1_full: dict[str, dict[str, Any]], n_seeds: int, budget: int) -> str:
+    """Print the table; return the one-line headline for the docs."""
+    table = Table(title=f"labels to reach 95% of full-pool value (mean ± std over {n_seeds} seeds)")
+    table.add_column("strategy")
+    for metric in METRICS:
+        table.add_column(f"to 95% {metric}")
+    table.add_column(f"stays >= 95% {HEADLINE}")
+    table.add_column(f"F1 best @{budget}")
+    table.add_column(f"defects @{budget}")
+    for strategy, entry in summary["strategies"].items():
+        cells = []
+        for metric in METRICS:
+            reach = entry["reach"][metric]
+            n, total = reach["stats"]["n"], len(reach["per_seed"])
+            text = fmt_mean_std(reach["stats"], 0) if n else "not reached"
+            cells.append(text + ("" if n == total else f" ({n}/{total} seeds)"))
+        stay = entry["reach"][HEADLINE]["sustained_stats"]
+        cells.append(
+            (fmt_mean_std(stay, 0) if stay["n"] else "never")
+            + ("" if stay["n"] == n_seeds else f" ({stay['n']}/{n_seeds} seeds)")
+        )
+        cells.append(fmt_mean_std(entry["at_budget"]["f1_best"]))
+        cells.append(fmt_mean_std(entry["at_budget"]["defects_found"], 1))
+        table.add_row(strategy, *cells)
+    console.print(table)
+    strategies = summary["strategies"]
+    seed_labels = min(r["labels"] for e in strategies.values() for r in e["curve"][:1])
+    parts = []
+    for metric, label in ((HEADLINE, f"F1_full {f1_full[HEADLINE]['mean']:.2f} (best thr)"), ("auc", "AUC")):
+        ratio = summary["ratios"][metric]
+        best = ratio.get("best_strategy")
+        if ratio.get("status") == "measured":
+            reach = strategies[best]["reach"][metric]
+            floor = sum(v == seed_labels for v in reach["per_seed"].values())
+            note = f", {floor} seed(s) at the {seed_labels}-label seed set" if floor else ""
+            random_stats = fmt_mean_std(strategies["random"]["reach"][metric]["stats"], 0)
+            verdict = "met" if ratio["target_met"] else "NOT met"
+            parts.append(
+                f"{label}: first reaches 95% with {best} {fmt_mean_std(reach['stats'], 0)} labels vs random "
+                f"{random_stats}, ratio {ratio['ratio']:.2f} (target <= {TARGET_RATIO:.2f}: {verdict}{note})"
+            )
+        elif ratio.get("status") == "bound":
+            parts.append(f"{label}: {best}/random < {ratio['ratio_upper_bound']:.2f} (random not reached)")
+        else:
+            parts.append(f"{label}: no strategy reached 95% on every seed (target NOT met)")
+    stay = summary["ratios"][HEADLINE]["sustained"]
+    if stay.get("status") == "measured":
+        best_stay = strategies[stay["best_strategy"]]["reach"][HEADLINE]["sustained_stats"]
+        random_stay = strategies["random"]["reach"][HEADLINE]["sustained_stats"]
+        parts.append(
+            f"from where F1 stays above the bar: {stay['best_strategy']} {fmt_mean_std(best_stay, 0)} vs "
+            f"random {fmt_mean_std(random_stay, 0)}, ratio {stay['ratio']:.2f} "
+            f"({'met' if stay['target_met'] else 'NOT met'})"
+        )
+    else:
+        parts.append(f"sustained F1 reach: {stay['status']}")
+    text = "; ".join(parts)
+    most = max(
+        (s for s in summary["strategies"] if s != "random"),
+        key=lambda s: summary["strategies"][s]["at_budget"]["defects_found"]["mean"] or 0.0,
+        default=None,
+    )
+    if most is not None and summary["strategies"][most]["defects_vs_random_at_budget"]:
+        factor = summary["strategies"][most]["defects_vs_random_at_budget"]
+        text += f"; defects labelled at {budget}: {most} {factor:.1f}x random"
+    console.print(text)
+    return text
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
