@@ -26,7 +26,39 @@ def _conv_bn_relu(in_chans: int, out_chans: int) -> list[nn.Module]:
     ]
 
 
-class BaselineCNN(nn.Module):
+class _StagedCNN(nn.Module):
+    """What both small CNNs share: ``features`` stages, global pooling, ``head_drop`` then ``fc``."""
+
+    features: nn.Sequential
+    global_pool: nn.AdaptiveAvgPool2d
+    head_drop: nn.Module
+    fc: nn.Linear
+
+    def gradcam_target_layer(self) -> nn.Module:
+        """The last conv stage, whose output Grad-CAM weighs."""
+        return self.features[-1]
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) image -> (N, num_features, h, w) feature map."""
+        out: torch.Tensor = self.features(x)
+        return out
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> logits, or the pooled (N, num_features) embedding when ``pre_logits``."""
+        x = torch.flatten(self.global_pool(x), 1)
+        if pre_logits:
+            return x
+        out: torch.Tensor = self.fc(self.head_drop(x))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class BaselineCNN(_StagedCNN):
     """Plain conv net: four conv+ReLU stages (max-pool after the first three), average pool, linear.
 
     No batch norm and no dropout: the study's baseline. About 0.39 M parameters.
@@ -49,33 +81,11 @@ class BaselineCNN(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = prev
         self.num_classes = num_classes
+        self.head_drop = nn.Identity()  # the baseline has no dropout
         self.fc = nn.Linear(prev, num_classes)
 
-    def gradcam_target_layer(self) -> nn.Module:
-        """The last conv stage, whose output Grad-CAM weighs."""
-        return self.features[-1]
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) image -> (N, num_features, h, w) feature map."""
-        out: torch.Tensor = self.features(x)
-        return out
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> logits, or the pooled (N, num_features) embedding when ``pre_logits``."""
-        x = torch.flatten(self.global_pool(x), 1)
-        if pre_logits:
-            return x
-        out: torch.Tensor = self.fc(x)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-class ImprovedCNN(nn.Module):
+class ImprovedCNN(_StagedCNN):
     """Conv+BatchNorm+ReLU stages with spatial dropout late and dropout before the classifier.
 
     The dropout layers are ``nn.Dropout``/``nn.Dropout2d`` modules (not functional calls), so
@@ -118,29 +128,6 @@ class ImprovedCNN(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def gradcam_target_layer(self) -> nn.Module:
-        """The last conv stage, whose output Grad-CAM weighs."""
-        return self.features[-1]
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) image -> (N, num_features, h, w) feature map."""
-        out: torch.Tensor = self.features(x)
-        return out
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> logits, or the pooled (N, num_features) embedding when ``pre_logits``."""
-        x = torch.flatten(self.global_pool(x), 1)
-        if pre_logits:
-            return x
-        out: torch.Tensor = self.fc(self.head_drop(x))
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class DropoutLinear(nn.Linear):
