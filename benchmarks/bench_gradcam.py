@@ -14,7 +14,9 @@ Models: the checkpoints bench_quality.py wrote (``--checkpoints DIR``, verified 
 ``DIR/index.json``), which also fix the split; an architecture without a checkpoint is retrained
 briefly here (``--retrain-epochs``) and marked so in the JSON.
 
-Run: ``.venv/bin/python benchmarks/bench_gradcam.py`` after ``bench_quality.py`` (a few minutes),
+Run: ``.venv/bin/python benchmarks/bench_gradcam.py`` after ``bench_quality.py`` (under a minute; for
+the 128 px models add ``--checkpoints /tmp/defectloop-bench/quality-checkpoints-128 --out
+benchmarks/results/gradcam_128.json``),
 ``--quick`` for a smoke run on the quick quality checkpoints (or a 1-epoch retrain; /tmp, no docs row).
 Writes benchmarks/results/gradcam.json, a docs row, and benchmarks/results/gradcam_gallery.png (AITEX tiles
  under their heat-maps: for looking at, never committed, see .gitignore).
@@ -347,7 +349,7 @@ def gallery(arrays: dict[str, dict[str, Any]], n_tiles: int, path: Path) -> list
         ax.set_yticks([])
     axes[0, 0].set_ylabel("tile + mask", fontsize=6)
     fig.tight_layout(pad=0.3)
-    save_png(fig, path, dpi=90, colors=192)
+    save_png(fig, path, dpi=80, colors=128)
     plt.close(fig)
     return [first["names"][i] for i in picks]
 

@@ -14,8 +14,9 @@ F1 at a tuned threshold, resnet18 0.50; figures move by about 0.1 between seeds.
 bench_gradcam.py; the default DIR is under /tmp, never the repository.
 
 Run: ``.venv/bin/python benchmarks/bench_quality.py --threads 1`` (64 px, up to 8 epochs: 9 minutes on
-the shared 2-core machine; at 128 px one epoch of the four took about 6 minutes there, so
-``--image-size 128 --epochs 3 --out benchmarks/results/quality_128.json`` is the 128 px variant),
+the shared 2-core machine; at 128 px one epoch of the four takes about 6 minutes there, so the 128 px
+variant ``--image-size 128 --epochs 3 --patience 2 --out benchmarks/results/quality_128.json
+--save-checkpoints /tmp/defectloop-bench/quality-checkpoints-128`` took 17 minutes),
 ``--quick`` for a 1-2 minute smoke run (64 px, 1 epoch, a subsample of the ok tiles; written to /tmp,
 no docs row). Epochs per architecture: ``--epochs`` and ``--epochs-for ARCH=N``. Writes
 benchmarks/results/quality.json and a docs/benchmarks.md row (one per configuration).
