@@ -239,12 +239,13 @@ def save_checkpoint(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     logger.info("checkpoint written: %s (sha256 %s)", target, digest)
     return digest
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where a directory cannot be opened)."""
     # Makes the rename itself durable on POSIX; Windows cannot open a directory, and needs no such step.
     try:
         dir_fd = os.open(folder, os.O_RDONLY)

@@ -13,7 +13,6 @@ SQLite every transaction takes the write lock that the camera watcher and the wo
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections import Counter
@@ -32,7 +31,14 @@ from models.comparison import Evaluation, classification_report
 from models.data import DEFECTIVE, ImageDataset, ImageRecord, InputSpec, Task, group_split, task_labels
 from models.errors import ModelError
 from models.registry import get_spec
-from models.train import TrainConfig, load_checkpoint, predict_dataset, save_checkpoint, train_model
+from models.train import (
+    TrainConfig,
+    fsync_dir,
+    load_checkpoint,
+    predict_dataset,
+    save_checkpoint,
+    train_model,
+)
 from workers.errors import DatasetError, IncompatibleVersionError
 from workers.folders import dataset_fingerprint, label_counts, scan_labelled_folder
 
@@ -441,7 +447,7 @@ def _register(
                     # was left by a run that crashed between writing it and committing.
                     logger.warning("replacing %s, left unregistered by an interrupted run", final)
                 partial.replace(final)
-                _fsync_dir(artifacts_dir)
+                fsync_dir(artifacts_dir)
                 repo.finish_training_run(
                     session=session,
                     run_id=run_id,
@@ -463,20 +469,6 @@ def _register(
     raise IntegrityViolation(
         f"could not register the trained model after {_REGISTER_ATTEMPTS} attempts: {last_error}"
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename durable on POSIX; elsewhere a directory cannot be opened and needs no such step.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- evaluation ----------------------------------------------------------------------------------
