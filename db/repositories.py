@@ -47,6 +47,7 @@ from db.schema import (
     PromotionAction,
     Source,
     SourceKind,
+    SyncCursor,
     TrainingRun,
     TrainingRunStatus,
     TrainingTrigger,
@@ -833,6 +834,100 @@ def list_label_task_image_ids(*, session: Session, ls_project_id: int) -> set[in
     """Ids of the images already planned for (or pushed to) a project: selection must skip them."""
     stmt = select(LabelTask.image_id).where(LabelTask.ls_project_id == ls_project_id)
     return set(session.scalars(stmt))
+
+
+def get_label_task_by_ls_id(*, session: Session, ls_project_id: int, ls_task_id: int) -> LabelTask | None:
+    """The label task pushed as this Label Studio task of this project, or None."""
+    stmt = select(LabelTask).where(
+        LabelTask.ls_project_id == ls_project_id, LabelTask.ls_task_id == ls_task_id
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def list_label_tasks(
+    *,
+    session: Session,
+    ls_project_id: int,
+    statuses: Iterable[LabelTaskStatus] | None = None,
+    image_ids: Iterable[int] | None = None,
+) -> list[LabelTask]:
+    """The project's label tasks (in one of ``statuses`` / for ``image_ids``, if given), by id."""
+    stmt = select(LabelTask).where(LabelTask.ls_project_id == ls_project_id).order_by(LabelTask.id)
+    if statuses is not None:
+        stmt = stmt.where(LabelTask.status.in_(list(statuses)))
+    if image_ids is not None:
+        stmt = stmt.where(LabelTask.image_id.in_(sorted({int(i) for i in image_ids})))
+    return list(session.scalars(stmt))
+
+
+def set_label_task_model_key(
+    *, session: Session, label_task_id: int, model_key: str, informativeness: float
+) -> None:
+    """Record that the task now carries a prediction of ``model_key`` (after a champion change)."""
+    task = get_label_task(session=session, label_task_id=label_task_id)
+    task.model_key = model_key
+    task.informativeness = float(informativeness)
+    session.flush()
+
+
+def list_labelling_candidates(
+    *, session: Session, model_key: str, ls_project_id: int, limit: int | None = None
+) -> list[Prediction]:
+    """Predictions of ``model_key`` for images that wait for a label and are not yet planned for the project.
+
+    Candidates are ``predicted`` images (never ``labelling``/``labelled``/``quarantined`` ones), without a
+    label task in the project and without a standing annotation (an imported label counts), newest first.
+    """
+    planned = select(LabelTask.image_id).where(LabelTask.ls_project_id == ls_project_id)
+    annotated = select(Annotation.image_id).where(
+        Annotation.deleted.is_(False), Annotation.was_cancelled.is_(False)
+    )
+    stmt = (
+        select(Prediction)
+        .join(Image, Image.id == Prediction.image_id)
+        .where(
+            Prediction.model_key == model_key,
+            Image.status == ImageStatus.PREDICTED,
+            Image.id.not_in(planned),
+            Image.id.not_in(annotated),
+        )
+        .order_by(Prediction.image_id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def get_sync_cursor(*, session: Session, name: str) -> datetime | None:
+    """Where the named sync got to, or None before its first run."""
+    return session.scalars(select(SyncCursor.position).where(SyncCursor.name == name)).one_or_none()
+
+
+def advance_sync_cursor(*, session: Session, name: str, position: datetime) -> datetime:
+    """Move the named cursor forward to ``position`` (never back); returns the stored position.
+
+    Idempotent, and safe when two runs race: each only ever moves the cursor forward.
+    """
+    _require_text(name, "name")
+    _insert_ignore(session, SyncCursor, {"name": name, "position": position}, ["name"])
+    stmt = (
+        update(SyncCursor)
+        .where(SyncCursor.name == name, SyncCursor.position < position)
+        .values(position=position, updated_at=utcnow())
+    )
+    _update_rows(session, SyncCursor, stmt)
+    stored = get_sync_cursor(session=session, name=name)
+    assert stored is not None
+    return stored
+
+
+def reset_sync_cursor(*, session: Session, name: str) -> bool:
+    """Forget the named cursor (a full resync starts from the beginning); True if one existed."""
+    row = session.get(SyncCursor, name)
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    return True
 
 
 # --- training runs -------------------------------------------------------------------------------

@@ -451,3 +451,13 @@ class ModelEvaluation(Base):
     n_images: Mapped[int] = mapped_column(Integer, nullable=False)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = _created_at()
+
+
+class SyncCursor(Base):
+    """How far a periodic sync has got (e.g. reconciliation: annotations updated up to this time)."""
+
+    __tablename__ = "sync_cursors"
+
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    position: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = _updated_at()

@@ -651,3 +651,99 @@ def test_evaluation_needs_a_real_version_and_a_fingerprint(db_session: Session) 
             n_images=1,
             metrics={},
         )
+
+
+# --- labelling candidates and sync cursors ---------------------------------------------------------
+
+
+def _predicted(session: Session, name: str, binary_id: int) -> Image:
+    image = new_image(session, name)
+    repo.add_prediction(
+        session=session,
+        image_id=image.id,
+        binary_version_id=binary_id,
+        multiclass_version_id=None,
+        probabilities={"ok": 0.4, "hole": 0.6},
+        predicted_label="hole",
+        confidence=0.6,
+        uncertainty={"entropy": 0.67},
+    )
+    repo.set_image_status(session=session, image_id=image.id, status=ImageStatus.PREDICTED)
+    return image
+
+
+def test_labelling_candidates_skip_planned_labelled_and_other_model_images(db_session: Session) -> None:
+    binary = new_model_version(db_session, ModelTask.BINARY)
+    other = new_model_version(db_session, ModelTask.BINARY)
+    key = repo.make_model_key(binary.id, None)
+    free = _predicted(db_session, "free.png", binary.id)
+    planned = _predicted(db_session, "planned.png", binary.id)
+    labelled = _predicted(db_session, "labelled.png", binary.id)
+    cancelled = _predicted(db_session, "cancelled.png", binary.id)
+    _predicted(db_session, "other-model.png", other.id)
+    repo.add_label_task(
+        session=db_session, image_id=planned.id, ls_project_id=5, informativeness=0.5, strategy="entropy"
+    )
+    repo.record_annotation(
+        session=db_session, image_id=labelled.id, label="ok", annotator="a", origin=AnnotationOrigin.IMPORT
+    )
+    repo.record_annotation(
+        session=db_session,
+        image_id=cancelled.id,
+        label=None,
+        annotator="a",
+        ls_annotation_id=9,
+        was_cancelled=True,
+    )
+
+    found = repo.list_labelling_candidates(session=db_session, model_key=key, ls_project_id=5)
+    assert [p.image_id for p in found] == [cancelled.id, free.id]  # newest first; a skip is no label
+    other_project = repo.list_labelling_candidates(session=db_session, model_key=key, ls_project_id=6)
+    assert planned.id in {p.image_id for p in other_project}
+    assert (
+        len(repo.list_labelling_candidates(session=db_session, model_key=key, ls_project_id=5, limit=1)) == 1
+    )
+
+
+def test_label_tasks_are_found_by_label_studio_id_and_listed_by_status(db_session: Session) -> None:
+    image = new_image(db_session)
+    task, _ = repo.add_label_task(
+        session=db_session, image_id=image.id, ls_project_id=3, informativeness=0.9, strategy="margin"
+    )
+    assert repo.get_label_task_by_ls_id(session=db_session, ls_project_id=3, ls_task_id=77) is None
+    assert [
+        t.id
+        for t in repo.list_label_tasks(
+            session=db_session, ls_project_id=3, statuses=[LabelTaskStatus.PENDING]
+        )
+    ] == [task.id]
+    repo.mark_label_task_pushed(session=db_session, label_task_id=task.id, ls_task_id=77)
+    found = repo.get_label_task_by_ls_id(session=db_session, ls_project_id=3, ls_task_id=77)
+    assert found is not None
+    assert found.id == task.id
+    assert repo.get_label_task_by_ls_id(session=db_session, ls_project_id=4, ls_task_id=77) is None
+    assert (
+        repo.list_label_tasks(session=db_session, ls_project_id=3, statuses=[LabelTaskStatus.PENDING]) == []
+    )
+    assert [
+        t.id for t in repo.list_label_tasks(session=db_session, ls_project_id=3, image_ids=[image.id])
+    ] == [task.id]
+    repo.set_label_task_model_key(
+        session=db_session, label_task_id=task.id, model_key="b9-m-", informativeness=0.1
+    )
+    assert (found.model_key, found.informativeness) == ("b9-m-", 0.1)
+
+
+def test_sync_cursor_only_moves_forward_and_can_be_reset(db_session: Session) -> None:
+    t0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    assert repo.get_sync_cursor(session=db_session, name="reconcile:1") is None
+    assert repo.advance_sync_cursor(session=db_session, name="reconcile:1", position=t0) == t0
+    later = t0 + timedelta(minutes=5)
+    assert repo.advance_sync_cursor(session=db_session, name="reconcile:1", position=later) == later
+    assert (
+        repo.advance_sync_cursor(session=db_session, name="reconcile:1", position=t0) == later
+    )  # never back
+    assert repo.get_sync_cursor(session=db_session, name="reconcile:2") is None
+    assert repo.reset_sync_cursor(session=db_session, name="reconcile:1")
+    assert not repo.reset_sync_cursor(session=db_session, name="reconcile:1")
+    assert repo.get_sync_cursor(session=db_session, name="reconcile:1") is None

@@ -1,0 +1,21 @@
+"""Names shared by the label config, the task payloads and the webhook parser (one place, so they agree)."""
+
+from __future__ import annotations
+
+FROM_NAME = "defect"
+"""The ``<Choices name=...>`` of the label config: the control whose choice is the image's class."""
+
+IMAGE_NAME = "image"
+"""The ``<Image name=...>`` the choice applies to; also the task data key holding the photo's URL."""
+
+HEATMAP_NAME = "heatmap"
+"""The second ``<Image>``: the Grad-CAM overlay; also the task data key holding its URL."""
+
+IMAGE_ID_KEY = "defectloop_image_id"
+"""Task data key holding our image id, so a webhook or an API listing maps back to our row."""
+
+SECRET_HEADER = "X-Defectloop-Secret"
+"""The header Label Studio sends with every webhook, holding the shared secret."""
+
+WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+"""The webhook actions registered with Label Studio (deletion is plural in Label Studio's API)."""
