@@ -14,7 +14,7 @@ HEATMAP_NAME = "heatmap"
 IMAGE_ID_KEY = "defectloop_image_id"
 """Task data key holding our image id, so a webhook or an API listing maps back to our row."""
 
-SECRET_HEADER = "X-Defectloop-Secret"
+SECRET_HEADER = "X-Defectloop-Secret"  # noqa: S105  # a header name, not a secret
 """The header Label Studio sends with every webhook, holding the shared secret."""
 
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
