@@ -14,5 +14,7 @@ echo "== mypy =="
 .venv/bin/mypy
 echo "== import-linter (dependency direction) =="
 .venv/bin/lint-imports
+echo "== Label Studio (own venv + migrated template database; once, outside pytest's timeouts) =="
+.venv/bin/python -m labelling.devserver ensure
 echo "== pytest =="
 .venv/bin/pytest "$@"
