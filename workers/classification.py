@@ -8,11 +8,27 @@ same time on the same ids (a message redelivered after a crash, or re-published 
    against its sha256) and swapped in without a restart;
 2. without a binary champion nothing is done: the images stay ``new`` and the sweeper re-publishes
    them once a champion exists (no retry storm);
-3. of the given ids, those still ``new`` or ``queued`` are classified in batches of ``batch_size``;
-4. each batch is committed in ONE transaction per batch: the compare-and-set ``new|queued ->
+3. of the given ids, those still ``new`` or ``queued`` are classified in batches of ``batch_size``; the
+   ``new`` ones among them are first moved to ``queued`` (taken), so that another worker's collection
+   (below) leaves them alone;
+4. micro-batching: a batch smaller than ``batch_size`` (a message with a single id, the usual case
+   under a steady camera flow) is topped up with images waiting in ``new``, oldest first, taken with the
+   same compare-and-set ``new -> queued`` (of two workers, one takes an image), polling until the batch
+   is full or ``collect_timeout_s`` (a worker's ``DEFECTLOOP_INFERENCE_BATCH_TIMEOUT_MS``) has passed
+   since the oldest image of the batch was recorded: an image waits for company at most that long in
+   all, broker included, and one that already waited that long in a backlog is not held back further
+   (a busy worker never idles while images queue up). Every image taken has its own message in the
+   broker: that message finds the image predicted and is a no-op. A message that brings nothing to
+   classify does not wait;
+5. each batch is committed in ONE transaction per batch: the compare-and-set ``new|queued ->
    predicted`` first, then the prediction row (idempotent on image and model versions), only for the
    images whose status this call moved. Of two runs racing on one image, exactly one moves it and
-   records a prediction; a crash before the commit leaves the image ``new``/``queued`` for the next run.
+   records a prediction; a crash before the commit leaves the image ``queued`` (or ``new``): its own
+   message, or the sweeper, has it classified by the next run.
+
+A ``queued`` image cannot tell whether the sweeper re-published it or another worker holds it, so a
+message for it is always honoured: two workers may then compute the same image, but only one records
+it (exactly once is kept; only work is wasted, and only with several workers racing).
 
 An image file that can no longer be read is quarantined with the reason, never retried.
 """
@@ -21,9 +37,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +67,8 @@ __all__ = [
 ]
 
 _WAITING = (ImageStatus.NEW, ImageStatus.QUEUED)
+DEFAULT_POLL_INTERVAL_S = 0.025
+"""How often a worker collecting a batch looks for more waiting images (a short read transaction)."""
 
 
 @dataclass(frozen=True)
@@ -180,13 +199,19 @@ def load_predictor(
 
 @dataclass
 class ClassifyReport:
-    """What one ``classify_images`` call did, by image id."""
+    """What one ``classify_images`` call did, by image id.
+
+    ``collected`` are images taken from the database to fill a batch (not named by the message);
+    ``batches`` the size of each batch classified, in order.
+    """
 
     model_key: str | None = None
     predicted: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     quarantined: list[int] = field(default_factory=list)
     waiting: list[int] = field(default_factory=list)
+    collected: list[int] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -195,17 +220,17 @@ class ClassifyReport:
             "skipped": len(self.skipped),
             "quarantined": len(self.quarantined),
             "waiting": len(self.waiting),
+            "collected": len(self.collected),
+            "batches": list(self.batches),
         }
 
 
-def _chunks(items: Sequence[tuple[int, str]], size: int) -> Iterable[Sequence[tuple[int, str]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+_Item = tuple[int, str]  # image id, path
 
 
 def _predict(
     champions: Champions,
-    batch: Sequence[tuple[int, str]],
+    batch: Sequence[_Item],
     good_class: str,
     defect_classes: Sequence[str],
 ) -> tuple[list[int], CombinedPrediction | None, dict[int, str]]:
@@ -218,28 +243,83 @@ def _predict(
     assert champions.binary is not None
     models = [champions.binary, *([champions.multiclass] if champions.multiclass else [])]
     specs = {id(m): InputSpec.from_dict(m.version.input_spec) for m in models}
-    tensors: dict[int, list[torch.Tensor]] = {id(m): [] for m in models}
+    distinct = list(dict.fromkeys(specs.values()))  # two champions with one input spec: decode once
+    tensors: dict[InputSpec, list[torch.Tensor]] = {spec: [] for spec in distinct}
     ok: list[int] = []
     failed: dict[int, str] = {}
     for image_id, path in batch:
         try:
-            loaded = {key: load_image(Path(path), spec) for key, spec in specs.items()}
+            loaded = {spec: load_image(Path(path), spec) for spec in distinct}
         except ImageLoadError as exc:
             failed[image_id] = f"unreadable at classification: {exc}"[:500]
             continue
         ok.append(image_id)
-        for key, tensor in loaded.items():
-            tensors[key].append(tensor)
+        for spec, tensor in loaded.items():
+            tensors[spec].append(tensor)
     if not ok:
         return ok, None, failed
-    binary_out = champions.binary.predictor.predict(torch.stack(tensors[id(champions.binary)]))
+    stacked = {spec: torch.stack(items) for spec, items in tensors.items()}
+    binary_out = champions.binary.predictor.predict(stacked[specs[id(champions.binary)]])
     multi_out = None
     if champions.multiclass is not None:
-        multi_out = champions.multiclass.predictor.predict(torch.stack(tensors[id(champions.multiclass)]))
+        multi_out = champions.multiclass.predictor.predict(stacked[specs[id(champions.multiclass)]])
     combined = combine_predictions(
         binary_out, multi_out, good_class=good_class, defect_classes=tuple(defect_classes)
     )
     return ok, combined, failed
+
+
+def _take_named(
+    sessions: sessionmaker[Session], ids: Sequence[int]
+) -> tuple[list[_Item], dict[int, datetime]]:
+    """The waiting images among ``ids`` and when each was recorded; the ``new`` ones are moved to
+    ``queued`` (taken) on the way."""
+    with session_scope(sessions) as session:
+        rows = repo.list_images_by_ids(session=session, image_ids=ids, statuses=_WAITING)
+        items = [(image.id, image.path, image.status, image.created_at) for image in rows]
+        for image_id, _, status, _ in items:
+            if status is ImageStatus.NEW:
+                # Lost to another worker's collection between the read and here (PostgreSQL only):
+                # the image is queued and still waiting, so it is classified anyway.
+                repo.set_image_status(
+                    session=session, image_id=image_id, status=ImageStatus.QUEUED, expected=ImageStatus.NEW
+                )
+    return [(i, path) for i, path, _, _ in items], {i: created for i, _, _, created in items}
+
+
+def _take_new(sessions: sessionmaker[Session], limit: int) -> list[_Item]:
+    """Up to ``limit`` images waiting in ``new``, oldest first, each moved to ``queued`` by this call."""
+    with session_scope(sessions) as session:
+        candidates = [
+            (image.id, image.path)
+            for image in repo.list_images_by_status(session=session, status=ImageStatus.NEW, limit=limit)
+        ]
+        return [
+            (image_id, path)
+            for image_id, path in candidates
+            if repo.set_image_status(
+                session=session, image_id=image_id, status=ImageStatus.QUEUED, expected=ImageStatus.NEW
+            )
+        ]
+
+
+def _collect(
+    sessions: sessionmaker[Session],
+    want: int,
+    *,
+    deadline: float,
+    poll_interval_s: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> list[_Item]:
+    """Take up to ``want`` waiting images: what waits now, then what arrives until ``deadline``."""
+    taken: list[_Item] = []
+    while True:
+        taken += _take_new(sessions, want - len(taken))
+        remaining = deadline - clock()
+        if len(taken) >= want or remaining <= 0:
+            return taken
+        sleep(min(poll_interval_s, remaining))
 
 
 def classify_images(
@@ -250,10 +330,23 @@ def classify_images(
     good_class: str,
     defect_classes: Sequence[str],
     batch_size: int,
+    collect_timeout_s: float = 0.0,
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ClassifyReport:
-    """Classify the given images that still wait, with the current champions (see the module docstring)."""
+    """Classify the given images that still wait, with the current champions, topping a short batch up
+    with other waiting images until ``collect_timeout_s`` after the oldest of the batch was recorded
+    (see the module docstring). ``clock``/``sleep`` time the wait, ``wall_clock`` tells the images'
+    age (the recording time is the database's ``created_at``, in UTC)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if collect_timeout_s < 0 or poll_interval_s <= 0:
+        raise ValueError(
+            "collect_timeout_s must be >= 0 and poll_interval_s > 0, "
+            f"got {collect_timeout_s} and {poll_interval_s}"
+        )
     ids = sorted({int(i) for i in image_ids})
     report = ClassifyReport()
     current = champions.refresh(sessions)
@@ -262,50 +355,82 @@ def classify_images(
         logger.info("no binary champion yet: images %s wait in new until one is registered", ids)
         return report
     report.model_key = current.model_key
-    binary_id = current.binary.version.id
-    multi_id = None if current.multiclass is None else current.multiclass.version.id
-    with session_scope(sessions) as session:
-        todo = [
-            (image.id, image.path)
-            for image in repo.list_images_by_ids(session=session, image_ids=ids, statuses=_WAITING)
-        ]
+    todo, recorded = _take_named(sessions, ids)
     waiting = {image_id for image_id, _ in todo}
     report.skipped = [i for i in ids if i not in waiting]
-    for batch in _chunks(todo, batch_size):
-        predicted_ids, combined, failed = _predict(current, batch, good_class, defect_classes)
-        moved: list[int] = []
-        with session_scope(sessions) as session:
-            for row, image_id in enumerate(predicted_ids):
-                assert combined is not None
-                if not repo.set_image_status(
-                    session=session, image_id=image_id, status=ImageStatus.PREDICTED, expected=_WAITING
-                ):
-                    continue  # another run classified it first (a redelivered or re-published message)
-                repo.add_prediction(
-                    session=session,
-                    image_id=image_id,
-                    binary_version_id=binary_id,
-                    multiclass_version_id=multi_id,
-                    probabilities=dict(zip(combined.class_names, combined.probs[row].tolist(), strict=True)),
-                    predicted_label=combined.labels[row],
-                    confidence=float(combined.confidence[row]),
-                    uncertainty={name: float(scores[row]) for name, scores in combined.uncertainty.items()},
-                )
-                moved.append(image_id)
-            for image_id, reason in failed.items():
-                if repo.set_image_status(
-                    session=session,
-                    image_id=image_id,
-                    status=ImageStatus.QUARANTINED,
-                    reason=reason,
-                    expected=_WAITING,
-                ):
-                    report.quarantined.append(image_id)
-                    logger.warning("image %d quarantined: %s", image_id, reason)
-        report.predicted.extend(moved)
-        report.skipped.extend(i for i in predicted_ids if i not in set(moved))
-        logger.info("classified images %s with %s", moved, report.model_key)
+    while todo:
+        batch, todo = todo[:batch_size], todo[batch_size:]
+        if len(batch) < batch_size and collect_timeout_s > 0:
+            # Skewed clocks (watcher and worker on two machines) only move the wait within [0, timeout].
+            age = (wall_clock() - min(recorded[image_id] for image_id, _ in batch)).total_seconds()
+            deadline = clock() + min(collect_timeout_s, max(0.0, collect_timeout_s - age))
+            extra = _collect(
+                sessions,
+                batch_size - len(batch),
+                deadline=deadline,
+                poll_interval_s=poll_interval_s,
+                clock=clock,
+                sleep=sleep,
+            )
+            report.collected.extend(image_id for image_id, _ in extra)
+            batch = [*batch, *extra]
+        _classify_batch(batch, current, sessions, good_class, defect_classes, report)
     return report
+
+
+def _classify_batch(
+    batch: Sequence[_Item],
+    current: Champions,
+    sessions: sessionmaker[Session],
+    good_class: str,
+    defect_classes: Sequence[str],
+    report: ClassifyReport,
+) -> None:
+    """Classify one batch and commit it in one transaction (compare-and-set first, see step 5)."""
+    assert current.binary is not None
+    binary_id = current.binary.version.id
+    multi_id = None if current.multiclass is None else current.multiclass.version.id
+    predicted_ids, combined, failed = _predict(current, batch, good_class, defect_classes)
+    moved: list[int] = []
+    with session_scope(sessions) as session:
+        for row, image_id in enumerate(predicted_ids):
+            assert combined is not None
+            if not repo.set_image_status(
+                session=session, image_id=image_id, status=ImageStatus.PREDICTED, expected=_WAITING
+            ):
+                continue  # another run classified it first (a redelivered or re-published message)
+            repo.add_prediction(
+                session=session,
+                image_id=image_id,
+                binary_version_id=binary_id,
+                multiclass_version_id=multi_id,
+                probabilities=dict(zip(combined.class_names, combined.probs[row].tolist(), strict=True)),
+                predicted_label=combined.labels[row],
+                confidence=float(combined.confidence[row]),
+                uncertainty={name: float(scores[row]) for name, scores in combined.uncertainty.items()},
+            )
+            moved.append(image_id)
+        for image_id, reason in failed.items():
+            if repo.set_image_status(
+                session=session,
+                image_id=image_id,
+                status=ImageStatus.QUARANTINED,
+                reason=reason,
+                expected=_WAITING,
+            ):
+                report.quarantined.append(image_id)
+                logger.warning("image %d quarantined: %s", image_id, reason, extra={"image_id": image_id})
+    report.batches.append(len(batch))
+    report.predicted.extend(moved)
+    lost = set(predicted_ids) - set(moved)
+    report.skipped.extend(i for i in predicted_ids if i in lost)
+    logger.info(
+        "classified images %s with %s (batch of %d)",
+        moved,
+        report.model_key,
+        len(batch),
+        extra={"image_ids": moved},
+    )
 
 
 def requeue_waiting_images(

@@ -9,9 +9,11 @@ later make up for events the observer missed.
 
 Each file is read once (`workers.validation`): a good image becomes an ``images`` row with status
 ``new`` (the same bytes anywhere are one row), a bad one a ``quarantined`` row with its reason. The row
-is committed before ``publish`` is called with the ids of the images this service created; a failed
-publish leaves the rows committed (status ``new``) and is retried with back-off, and the sweeper
-re-queues whatever is still ``new`` after a crash. Camera files are never moved or deleted unless
+is committed before ``publish`` is called with the ids of the images this service created. Publishing
+runs in a thread of its own (``defectloop-publish``), so a broker that is down, or hangs without
+closing its connections, never stops files from being recorded; a failed publish leaves the rows
+committed (status ``new``) and is retried with back-off, and the sweeper re-queues whatever is still
+``new`` after a crash. Camera files are never moved or deleted unless
 ``delete_after_ingest`` is set, which needs a ``store_dir`` holding the copies the rows point to.
 Nothing a single file does stops the service: every per-file failure is logged with its path and
 ends as a quarantined row, or (database down, disk full) is retried later.
@@ -283,9 +285,14 @@ class IngestService:
         self._pending: dict[str, _Pending] = {}
         self._seen: dict[str, _Signature] = {}
         self._source_ids: dict[Path, int] = {}
+        # The ids recorded but not announced yet: appended by the ingest thread, taken by the publisher.
+        self._publish_lock = threading.Lock()
         self._unpublished: list[int] = []
+        self._flush_lock = threading.Lock()  # one publish at a time (publisher thread or scan_once)
+        self._publish_wake = threading.Event()
         self._publish_failures_in_row = 0
         self._publish_retry_at = 0.0
+        self._publisher: threading.Thread | None = None
         self._stats = IngestStats()
         self._stats_lock = threading.Lock()
         self._observer: BaseObserver | None = None
@@ -312,6 +319,8 @@ class IngestService:
         self._ensure_watching()
         self._thread = threading.Thread(target=self._run, name="defectloop-ingest", daemon=True)
         self._thread.start()
+        self._publisher = threading.Thread(target=self._run_publisher, name="defectloop-publish", daemon=True)
+        self._publisher.start()
         kind = (
             f"polling every {self.config.poll_interval_seconds:.1f}s" if self.config.poll else "native events"
         )
@@ -337,6 +346,18 @@ class IngestService:
             thread.join(timeout)
             if thread.is_alive():
                 logger.warning("the ingest thread did not stop within %ss", timeout)
+        # After the ingest thread: the publisher announces what it recorded last, once.
+        publisher = self._publisher
+        if publisher is not None and publisher is not threading.current_thread():
+            self._publish_wake.set()
+            publisher.join(timeout)
+            if publisher.is_alive():
+                logger.warning(
+                    "the publisher did not stop within %ss (broker hanging?); %d image(s) left to the "
+                    "sweeper (status new)",
+                    timeout,
+                    self._unpublished_count(),
+                )
         # After the ingest thread: it is the one that may replace a dead observer.
         observer, self._observer = self._observer, None
         if observer is not None:
@@ -348,11 +369,10 @@ class IngestService:
     def run_forever(self) -> None:
         """Start, then block until `request_stop` or Ctrl-C, then stop."""
         self.start()
-        thread = self._thread
         try:
             while not self._stop.wait(1.0):
-                if thread is None or not thread.is_alive():  # never expected: the loop catches everything
-                    logger.error("the ingest thread ended unexpectedly; stopping")
+                if not self.alive:  # never expected: both loops catch everything
+                    logger.error("the ingest or publisher thread ended unexpectedly; stopping")
                     break
         except KeyboardInterrupt:
             logger.info("interrupted; stopping")
@@ -362,7 +382,8 @@ class IngestService:
     @property
     def alive(self) -> bool:
         """True while the ingest thread runs and no stop was asked for."""
-        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+        threads = (self._thread, self._publisher)
+        return all(t is not None and t.is_alive() for t in threads) and not self._stop.is_set()
 
     def stats(self) -> IngestStats:
         """A copy of the counters."""
@@ -377,7 +398,7 @@ class IngestService:
     def _set_gauges(self) -> None:
         with self._stats_lock:
             self._stats.pending = len(self._pending)
-            self._stats.unpublished = len(self._unpublished)
+            self._stats.unpublished = self._unpublished_count()
 
     # --- watching ---------------------------------------------------------------------------------
 
@@ -476,11 +497,9 @@ class IngestService:
                         next_rescan = time.monotonic() + self.config.rescan_seconds
                     self._drain_notes()
                     self._process_due(ScanResult())
-                    self._flush_publish()
+                    self._publish_wake.set()  # the ids of this pass go out together
                     self._set_gauges()
                     wake_at = min([next_rescan, *(e.due for e in self._pending.values())])
-                    if self._unpublished:
-                        wake_at = min(wake_at, self._publish_retry_at)
             except Exception:
                 # A bug must not end the watcher: log it, wait a little, carry on.
                 logger.exception("ingest step failed; continuing")
@@ -490,8 +509,6 @@ class IngestService:
             if timeout > 0:
                 self._wake.wait(timeout)
             self._wake.clear()
-        with self._work_lock:
-            self._flush_publish(final=True)
 
     def scan_once(self) -> ScanResult:
         """Walk every root, then handle every noted file that is ready now; returns what was handled.
@@ -587,8 +604,8 @@ class IngestService:
                     Outcome.DUPLICATE: result.duplicates,
                     Outcome.QUARANTINED: result.quarantined,
                 }[outcome].append(image_id)
-            if len(self._unpublished) >= self.config.publish_batch_size:
-                self._flush_publish()
+            if self._unpublished_count() >= self.config.publish_batch_size:
+                self._publish_wake.set()
 
     # --- one file ---------------------------------------------------------------------------------
 
@@ -716,7 +733,8 @@ class IngestService:
         converted = f", converted from {facts.converted_from}" if facts.converted_from else ""
         extra = {"image_id": image_id, "path": path}
         if created:
-            self._unpublished.append(image_id)
+            with self._publish_lock:
+                self._unpublished.append(image_id)
             self._count(ingested=1)
             logger.info(
                 "ingested %r as image %d (%dx%d %s%s)",
@@ -842,11 +860,42 @@ class IngestService:
 
     # --- announcing -------------------------------------------------------------------------------
 
+    def _unpublished_count(self) -> int:
+        with self._publish_lock:
+            return len(self._unpublished)
+
+    def _run_publisher(self) -> None:
+        """The publisher thread: announce recorded ids when woken, back off after a failure; at stop,
+        one last attempt once the ingest thread has ended."""
+        while True:
+            stopping = self._stop.is_set() and not (self._thread is not None and self._thread.is_alive())
+            try:
+                self._flush_publish(final=stopping)
+            except Exception:  # never expected: _flush_publish catches what publish raises
+                logger.exception("publishing step failed; continuing")
+                self._count(unexpected_errors=1)
+            if stopping:
+                return
+            timeout = _MAX_TICK_S
+            if self._unpublished_count():
+                timeout = min(timeout, max(0.0, self._publish_retry_at - time.monotonic()))
+            if timeout > 0:
+                self._publish_wake.wait(timeout)
+            self._publish_wake.clear()
+
     def _flush_publish(self, *, final: bool = False) -> None:
-        """Call ``publish`` with the ids not yet announced; on failure keep them and back off."""
-        if not self._unpublished or (not final and time.monotonic() < self._publish_retry_at):
-            return
-        ids = list(self._unpublished)
+        """Call ``publish`` with the ids not yet announced, ``publish_batch_size`` at a time; on failure
+        keep them and back off (``final``: one attempt whatever the back-off)."""
+        with self._flush_lock:
+            while True:
+                with self._publish_lock:
+                    ids = self._unpublished[: self.config.publish_batch_size]
+                if not ids or (not final and time.monotonic() < self._publish_retry_at):
+                    return
+                if not self._publish_once(ids, final=final):
+                    return
+
+    def _publish_once(self, ids: list[int], *, final: bool) -> bool:
         try:
             self._publish(ids)
         except Exception as exc:
@@ -854,21 +903,29 @@ class IngestService:
             self._count(publish_failures=1)
             delay = min(_MAX_RETRY_DELAY_S, 0.5 * 2 ** (self._publish_failures_in_row - 1))
             self._publish_retry_at = time.monotonic() + delay
-            if len(self._unpublished) > _MAX_UNPUBLISHED:
-                dropped = len(self._unpublished) - _MAX_UNPUBLISHED
-                del self._unpublished[:dropped]
-                logger.error("%d unannounced image ids left to the sweeper (status new)", dropped)
+            with self._publish_lock:
+                waiting = len(self._unpublished)
+                if waiting > _MAX_UNPUBLISHED:
+                    dropped = waiting - _MAX_UNPUBLISHED
+                    del self._unpublished[:dropped]
+                    logger.error("%d unannounced image ids left to the sweeper (status new)", dropped)
             logger.warning(
                 "could not announce %d new image(s) (%s: %s); they stay committed with status new, "
                 "%s (the sweeper re-queues them too)",
-                len(ids),
+                waiting,
                 type(exc).__name__,
                 exc,
                 "not retried: stopping" if final else f"retrying in {delay:.1f}s",
                 extra={"image_ids": ids[:50]},
             )
-            return
-        del self._unpublished[: len(ids)]
+            return False
+        with self._publish_lock:
+            # Only appends happened meanwhile (and drops, only on failure, here): the head is ``ids``.
+            del self._unpublished[: len(ids)]
+        if self._publish_failures_in_row:
+            logger.info("announcing new images again after %d failure(s)", self._publish_failures_in_row)
         self._publish_failures_in_row = 0
+        self._publish_retry_at = 0.0
         self._count(published=len(ids))
         logger.debug("announced images %s", ids)
+        return True

@@ -7,219 +7,37 @@ database up to a deadline; nothing asserts a timing.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import redis
-import torch
 from PIL import Image as PILImage
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
 
 from db import repositories as repo
-from db.migrate import upgrade
-from db.schema import Image, ImageStatus, ModelTask, Prediction, SourceKind
-from db.session import create_engine_for, make_session_factory
-from defectloop.settings import DEFAULT_CLASSES
-from models.data import InputSpec
-from models.registry import create_model
-from models.train import save_checkpoint
-from workers.celery_app import SWEEP_TASK, WorkerConfig, create_app, publish_classification
-from workers.queues import Queue
+from db.schema import Image, ModelTask
+from tests.worker_harness import DEADLINE_S, Loop, loop_on, require_redis
 
 pytestmark = pytest.mark.integration
 
-DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
 REDIS_URL = "redis://127.0.0.1:6379/13"  # this suite's own database number; only it is flushed
-DEADLINE_S = 90.0
-SPEC = InputSpec(image_size=32, channels=1)
-
-
-@dataclass
-class Loop:
-    """One isolated deployment: data dir, database, broker, and the worker processes started in it."""
-
-    root: Path
-    broker_url: str
-    sessions: sessionmaker[Session]
-    app: Any
-    env: dict[str, str]
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    n_images: int = 0
-    n_versions: int = 0
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        """Start ``defectloop ARGS`` as process number ``len(processes)``, logging to worker<N>.log."""
-        with (self.root / f"worker{len(self.processes)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [DEFECTLOOP, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.processes.append(process)
-        return process
-
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        return self.start("worker", "--inference-backend", "eager")
-
-    def log(self, index: int) -> str:
-        return (self.root / f"worker{index}.log").read_text(errors="replace")
-
-    def register(self, task: ModelTask, *, seed: int) -> int:
-        classes = ("ok", "defective") if task is ModelTask.BINARY else DEFAULT_CLASSES[1:]
-        torch.manual_seed(seed)
-        model = create_model("baseline_cnn", num_classes=len(classes), in_chans=SPEC.channels)
-        self.n_versions += 1
-        path = self.root / "artifacts" / f"{task}-{self.n_versions}.pt"
-        digest = save_checkpoint(
-            path, model, architecture="baseline_cnn", task=task.value, class_names=classes, input_spec=SPEC
-        )
-        with self.sessions() as session:
-            version = repo.register_model_version(
-                session=session,
-                name=f"{task}-baseline_cnn-{self.n_versions:04d}",
-                task=task,
-                architecture="baseline_cnn",
-                classes=classes,
-                input_spec=SPEC.to_dict(),
-                artifact_path=str(path),
-                artifact_sha256=digest,
-            )
-            session.commit()
-            return version.id
-
-    def promote(self, version_id: int) -> None:
-        with self.sessions() as session:
-            repo.set_champion(session=session, version_id=version_id, actor="test", reason="swap test")
-            session.commit()
-
-    def add_images(self, n: int) -> list[int]:
-        folder = self.root / "camera"
-        folder.mkdir(exist_ok=True)
-        ids = []
-        with self.sessions() as session:
-            source = repo.get_or_create_source(session=session, name="cam", kind=SourceKind.CAMERA)
-            for _ in range(n):
-                self.n_images += 1
-                rng = np.random.default_rng(self.n_images)
-                pixels = rng.integers(0, 256, size=(96, 96), dtype=np.uint8)
-                path = folder / f"img{self.n_images:05d}.png"
-                PILImage.fromarray(pixels, mode="L").save(path)
-                data = path.read_bytes()
-                image, _ = repo.add_image(
-                    session=session,
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    path=str(path),
-                    source_id=source.id,
-                    width=96,
-                    height=96,
-                    mode="L",
-                    size_bytes=len(data),
-                )
-                ids.append(image.id)
-            session.commit()
-        return ids
-
-    def publish(self, ids: list[int], per_message: int) -> None:
-        for start in range(0, len(ids), per_message):
-            publish_classification(self.app, ids[start : start + per_message])
-
-    def sweep(self) -> None:
-        self.app.send_task(SWEEP_TASK, kwargs={"stuck_after_s": 0}, queue=Queue.MAINTENANCE.value)
-
-    def predicted(self, ids: list[int]) -> int:
-        with self.sessions() as session:
-            return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(Image)
-                    .where(Image.id.in_(ids), Image.status == ImageStatus.PREDICTED)
-                )
-                or 0
-            )
-
-    def wait_for(self, what: str, check: Callable[[], bool], interval: float = 0.05) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            if check():
-                return
-            for i, process in enumerate(self.processes):
-                if process.poll() is not None and process.returncode not in (0, -signal.SIGKILL):
-                    pytest.fail(f"worker {i} exited with {process.returncode}:\n{self.log(i)[-3000:]}")
-            time.sleep(interval)
-        logs = "\n".join(self.log(i)[-2000:] for i in range(len(self.processes)))
-        pytest.fail(f"timed out waiting for {what}; worker logs:\n{logs}")
-
-    def assert_exactly_once(self, ids: list[int], model_key: str | None = None) -> None:
-        with self.sessions() as session:
-            rows = session.execute(
-                select(Prediction.image_id, Prediction.model_key).where(Prediction.image_id.in_(ids))
-            ).all()
-            statuses = set(session.scalars(select(Image.status).where(Image.id.in_(ids)).distinct()).all())
-        per_image: dict[int, int] = {}
-        for image_id, _ in rows:
-            per_image[image_id] = per_image.get(image_id, 0) + 1
-        assert statuses == {ImageStatus.PREDICTED}
-        assert sorted(per_image) == sorted(ids), "an image has no prediction"
-        assert set(per_image.values()) == {1}, {i: n for i, n in per_image.items() if n != 1}
-        if model_key is not None:
-            assert {key for _, key in rows} == {model_key}
 
 
 @pytest.fixture(params=["redis", "embedded"])
 def loop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Loop]:
     if request.param == "redis":
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            client.ping()
-        except redis.ConnectionError as exc:
-            pytest.fail(f"these tests need Redis at {REDIS_URL} (start redis-server): {exc}")
-        client.flushdb()
+        require_redis(REDIS_URL)
+        redis.Redis.from_url(REDIS_URL).flushdb()
         broker_url = REDIS_URL
     else:
         broker_url = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
-    database_url = f"sqlite:///{tmp_path / 'defectloop.db'}"
-    upgrade(database_url)
-    engine = create_engine_for(database_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEFECTLOOP_")}
-    env.update(
-        DEFECTLOOP_DATA_DIR=str(tmp_path),
-        DEFECTLOOP_DATABASE_URL=database_url,
-        DEFECTLOOP_BROKER_URL=broker_url,
-        DEFECTLOOP_INFERENCE_BATCH_SIZE="2",
-        DEFECTLOOP_MC_DROPOUT_PASSES="2",
-        DEFECTLOOP_LOG_LEVEL="INFO",
-        OMP_NUM_THREADS="1",
-        COLUMNS="200",
-    )
-    app = create_app(
-        WorkerConfig(
-            broker_url=broker_url,
-            database_url=database_url,
-            artifacts_dir=tmp_path / "artifacts",
-            classes=DEFAULT_CLASSES,
-        )
-    )
-    state = Loop(
-        root=tmp_path, broker_url=broker_url, sessions=make_session_factory(engine), app=app, env=env
-    )
     try:
-        yield state
+        with loop_on(broker_url, tmp_path) as state:
+            yield state
     finally:
-        for process in state.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=30)
-        app.close()
-        engine.dispose()
         if request.param == "redis":
             redis.Redis.from_url(REDIS_URL).flushdb()
 

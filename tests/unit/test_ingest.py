@@ -394,6 +394,58 @@ def test_publish_failures_lose_nothing_and_the_watcher_keeps_going(
     assert service.alive
 
 
+def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+) -> None:
+    """A broker can hang without closing its connections (a network partition): a publish then blocks
+    for as long as it lasts. Publishing runs in its own thread, so files are recorded meanwhile and
+    announced, each once, when the broker answers again."""
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    publisher = Publisher(sqlite_sessions)
+    release = threading.Event()
+    calls: list[list[int]] = []
+
+    def hanging(image_ids: list[int]) -> None:
+        calls.append(list(image_ids))
+        release.wait(DEADLINE_S)  # the broker hangs until the test releases it
+        publisher(image_ids)
+
+    service = make_service(sqlite_sessions, [cam], hanging, publish_batch_size=4)
+    running.append(service)
+    service.start()
+    (cam / "first.png").write_bytes(synthetic_photo(0))
+    wait_until(lambda: len(calls) == 1, lambda: f"{service.stats()}")
+    for i in range(1, 11):  # arrive while the publish hangs
+        (cam / f"during_{i}.png").write_bytes(synthetic_photo(i))
+    wait_until(
+        lambda: count_rows(sqlite_sessions).get(ImageStatus.NEW) == 11,
+        lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}",
+    )
+    assert len(calls) == 1
+    assert service.alive
+    release.set()
+    wait_until(lambda: len(publisher.ids()) == 11, lambda: f"announced {publisher.ids()}, {service.stats()}")
+    assert sorted(publisher.ids()) == sorted(set(publisher.ids()))  # each once
+    assert max(len(call) for call in publisher.delivered) <= 4  # in messages of publish_batch_size
+    assert publisher.not_committed == []
+
+
+def test_stop_announces_the_last_images_once(sqlite_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    publisher = Publisher(sqlite_sessions)
+    service = make_service(sqlite_sessions, [cam], publisher)
+    publisher.failing = True
+    service.start()
+    (cam / "last.png").write_bytes(synthetic_photo(3))
+    wait_until(lambda: len(publisher.refused) >= 1, lambda: f"{service.stats()}")
+    publisher.failing = False  # back, but the next attempt is still backing off: stop must not wait
+    service.stop(timeout=30)
+    assert publisher.ids() == [i.id for i, _ in all_rows(sqlite_sessions)]
+    assert not any(t.name.startswith("defectloop-") and t.is_alive() for t in threading.enumerate())
+
+
 # --- observers ------------------------------------------------------------------------------------
 
 
@@ -664,7 +716,7 @@ def test_stop_is_clean_and_a_service_starts_once(
         service.start()
     service.stop(timeout=30)
     assert not service.alive
-    assert not any(t.name == "defectloop-ingest" and t.is_alive() for t in threading.enumerate())
+    assert not any(t.name.startswith("defectloop-") and t.is_alive() for t in threading.enumerate())
 
 
 def test_run_forever_returns_after_request_stop(

@@ -8,8 +8,9 @@ swaps), so no checkpoint is trained or loaded here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from datetime import timedelta
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,16 @@ from workers import classification
 from workers.celery_app import (
     CLASSIFY_TASK,
     EMBEDDED_POLLING_INTERVAL_S,
+    PURGE_TASK,
+    REDIS_SOCKET_TIMEOUT_S,
     SWEEP_TASK,
     EmbeddedTransport,
     WorkerConfig,
     create_app,
+    publish_classification,
 )
 from workers.classification import ChampionCache, LoadedModel, VersionRef
-from workers.queues import Queue
+from workers.queues import Queue, purge_delivered_messages
 
 SPEC = {"image_size": 16, "channels": 1, "mean": [0.5], "std": [0.5]}
 
@@ -260,6 +264,205 @@ def test_sweep_waits_for_a_champion_then_requeues_new_and_stuck_images(
     assert sweep(timedelta(0)) == ids[1:]  # still queued (the messages were lost): published again
 
 
+# --- micro-batching: a short batch is topped up with images waiting in new -------------------------
+
+
+class FakeClock:
+    """A clock that only moves when the code under test sleeps; ``on_sleep`` runs at each sleep.
+
+    ``wall()`` is the matching wall clock, starting at ``wall_start`` (default: now).
+    """
+
+    def __init__(
+        self, on_sleep: Callable[[int], None] | None = None, *, wall_start: datetime | None = None
+    ) -> None:
+        self.now = 100.0
+        self.wall_start = wall_start or datetime.now(UTC)
+        self.sleeps: list[float] = []
+        self._on_sleep = on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall(self) -> datetime:
+        return self.wall_start + timedelta(seconds=self.now - 100.0)
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self._on_sleep is not None:
+            self._on_sleep(len(self.sleeps))
+
+
+def collect(
+    sessions: sessionmaker[Session],
+    cache: ChampionCache,
+    ids: list[int],
+    *,
+    batch_size: int = 4,
+    timeout_s: float = 0.2,
+    clock: FakeClock | None = None,
+) -> classification.ClassifyReport:
+    clock = clock or FakeClock()
+    return classification.classify_images(
+        ids,
+        sessions=sessions,
+        champions=cache,
+        good_class="ok",
+        defect_classes=DEFAULT_CLASSES[1:],
+        batch_size=batch_size,
+        collect_timeout_s=timeout_s,
+        poll_interval_s=0.05,
+        clock=clock,
+        sleep=clock.sleep,
+        wall_clock=clock.wall,
+    )
+
+
+def binary_batches(cache: ChampionCache, sessions: sessionmaker[Session]) -> list[int]:
+    binary = cache.refresh(sessions).binary
+    assert binary is not None
+    return list(binary.predictor.batches)
+
+
+def test_a_single_image_message_is_topped_up_with_waiting_images_oldest_first(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    binary = register(sessions, ModelTask.BINARY, 1)
+    ids = add_images(sessions, tmp_path / "cam", 7)
+    cache = ChampionCache(fake_loader([]))
+    clock = FakeClock()
+
+    report = collect(sessions, cache, [ids[5]], clock=clock)
+    # Its own image plus the three oldest waiting ones: one full batch, at once (no wait needed).
+    assert sorted(report.predicted) == sorted([ids[5], *ids[:3]])
+    assert report.collected == ids[:3]
+    assert report.batches == [4]
+    assert clock.sleeps == []
+    assert binary_batches(cache, sessions) == [4]
+    assert statuses(sessions, ids) == [ImageStatus.PREDICTED] * 3 + [ImageStatus.NEW] * 2 + [
+        ImageStatus.PREDICTED,
+        ImageStatus.NEW,
+    ]
+
+    # The messages of the collected images arrive later: no-ops, nothing waits, nothing is added.
+    again = collect(sessions, cache, ids[:3], clock=clock)
+    assert (again.predicted, again.collected, again.batches) == ([], [], [])
+    assert sorted(again.skipped) == ids[:3]
+    assert clock.sleeps == []
+    key = repo.make_model_key(binary, None)
+    assert sorted(predictions(sessions)) == [(i, key) for i in sorted([ids[5], *ids[:3]])]
+
+
+def test_collection_waits_for_images_that_arrive_and_stops_at_the_timeout(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    register(sessions, ModelTask.BINARY, 1)
+    first = add_images(sessions, tmp_path / "cam", 1)
+    arrived: list[int] = []
+
+    def camera(n_sleeps: int) -> None:
+        if n_sleeps == 2:  # an image arrives while the worker waits
+            arrived.extend(add_images(sessions, tmp_path / "cam", 1, start=50))
+
+    clock = FakeClock(on_sleep=camera, wall_start=recorded_at(sessions, first[0]))
+    cache = ChampionCache(fake_loader([]))
+    report = collect(sessions, cache, first, batch_size=4, timeout_s=0.2, clock=clock)
+    assert report.collected == arrived
+    assert sorted(report.predicted) == sorted(first + arrived)
+    assert report.batches == [2]  # not full: the timeout ended the wait
+    assert sum(clock.sleeps) == pytest.approx(0.2)  # waited the whole timeout after it was recorded
+    assert all(s <= 0.05 for s in clock.sleeps)
+
+    # A full batch does not wait at all; a zero timeout never collects.
+    full = add_images(sessions, tmp_path / "cam", 4, start=60)
+    clock = FakeClock()
+    assert collect(sessions, cache, full, clock=clock).batches == [4]
+    assert clock.sleeps == []
+    lone, other = add_images(sessions, tmp_path / "cam", 2, start=70)
+    report = collect(sessions, cache, [lone], timeout_s=0.0, clock=clock)
+    assert (report.predicted, report.collected, clock.sleeps) == ([lone], [], [])
+    assert statuses(sessions, [other]) == [ImageStatus.NEW]
+
+
+def recorded_at(sessions: sessionmaker[Session], image_id: int) -> datetime:
+    with sessions() as session:
+        return repo.get_image(session=session, image_id=image_id).created_at
+
+
+def test_an_image_that_already_waited_the_timeout_is_not_held_back(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A busy worker finds its images already old (they waited in the broker): it takes what waits
+    now to fill the batch, and never idles for more."""
+    register(sessions, ModelTask.BINARY, 1)
+    lone, other = add_images(sessions, tmp_path / "cam", 2)
+    cache = ChampionCache(fake_loader([]))
+    late = FakeClock(wall_start=recorded_at(sessions, lone) + timedelta(seconds=0.15))
+    report = collect(sessions, cache, [lone], batch_size=4, timeout_s=0.2, clock=late)
+    assert (report.collected, report.batches) == ([other], [2])
+    assert sum(late.sleeps) == pytest.approx(0.05)  # only what was left of its 0.2 s
+    stale = add_images(sessions, tmp_path / "cam", 1, start=10)
+    old = FakeClock(wall_start=recorded_at(sessions, stale[0]) + timedelta(seconds=5))
+    report = collect(sessions, cache, stale, batch_size=4, timeout_s=0.2, clock=old)
+    assert (report.predicted, report.batches, old.sleeps) == (stale, [1], [])
+
+
+def test_a_message_with_nothing_to_classify_does_not_wait_or_collect(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    register(sessions, ModelTask.BINARY, 1)
+    done = add_images(sessions, tmp_path / "cam", 1)
+    cache = ChampionCache(fake_loader([]))
+    collect(sessions, cache, done, timeout_s=0.0)
+    waiting = add_images(sessions, tmp_path / "cam", 2, start=10)
+    clock = FakeClock()
+    report = collect(sessions, cache, [*done, 999], clock=clock)
+    assert (report.predicted, report.collected, clock.sleeps) == ([], [], [])
+    assert statuses(sessions, waiting) == [ImageStatus.NEW] * 2  # left to their own messages
+
+
+def test_workers_racing_on_one_image_record_it_once_and_collection_spares_images_in_hand(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Worker A holds a batch (its images taken: queued); while it computes, worker B runs with a
+    message naming one of A's images and another image, and tops up its batch. B must not collect A's
+    other images; the image both hold is recorded once; every image ends with one prediction."""
+    binary = register(sessions, ModelTask.BINARY, 1)
+    ids = add_images(sessions, tmp_path / "cam", 8)
+    a_ids, b_own, rest = ids[:3], ids[3], ids[4:]
+    b_reports: list[classification.ClassifyReport] = []
+    cache_b = ChampionCache(fake_loader([]))
+
+    class InterleavingPredictor(FixedPredictor):
+        def predict(self, batch: torch.Tensor) -> PredictionOutput:
+            if not b_reports:  # A is between taking its images and committing them: B runs now
+                b_reports.append(collect(sessions, cache_b, [a_ids[0], b_own], batch_size=4))
+            return super().predict(batch)
+
+    def load_a(ref: VersionRef) -> LoadedModel:
+        return LoadedModel(ref, InterleavingPredictor(ref.classes, [0.25, 0.75]))
+
+    report_a = classification.classify_images(
+        a_ids,
+        sessions=sessions,
+        champions=ChampionCache(load_a),
+        good_class="ok",
+        defect_classes=DEFAULT_CLASSES[1:],
+        batch_size=3,
+    )
+    (report_b,) = b_reports
+    assert not set(report_b.collected) & set(a_ids)  # A's images in hand were spared
+    assert report_b.collected == rest[:2]
+    assert sorted(report_b.predicted) == sorted([a_ids[0], b_own, *rest[:2]])  # B committed first
+    assert sorted(report_a.predicted) == a_ids[1:]
+    assert report_a.skipped == [a_ids[0]]  # A lost the race on the shared image: nothing recorded twice
+    key = repo.make_model_key(binary, None)
+    assert sorted(predictions(sessions)) == [(i, key) for i in sorted([*ids[:4], *rest[:2]])]
+    assert statuses(sessions, rest[2:]) == [ImageStatus.NEW] * 2
+
+
 def test_list_images_by_ids_filters_by_status(sessions: sessionmaker[Session], tmp_path: Path) -> None:
     ids = add_images(sessions, tmp_path / "cam", 3)
     with sessions() as session:
@@ -296,7 +499,11 @@ def test_the_app_is_json_only_late_acking_with_prefetch_one_and_routes_per_queue
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_ignore_result is True
     assert conf.broker_connection_retry_on_startup is True
-    assert conf.broker_transport_options == {"visibility_timeout": 120}
+    assert conf.broker_transport_options == {
+        "visibility_timeout": 120,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
+    }
     assert conf.task_routes[CLASSIFY_TASK] == {"queue": Queue.INFERENCE.value}
     assert conf.task_routes[SWEEP_TASK] == {"queue": Queue.MAINTENANCE.value}
     for name in (CLASSIFY_TASK, SWEEP_TASK):
@@ -309,6 +516,18 @@ def test_the_app_is_json_only_late_acking_with_prefetch_one_and_routes_per_queue
     app.close()
 
 
+def test_apps_in_one_process_keep_their_own_tasks() -> None:
+    """Celery shares decorated tasks between apps by default: a second app would then run the first
+    app's closure (its config and runtime). Each app must keep its own."""
+    apps = [create_app(config(stuck_after_s=float(n))) for n in (1, 2, 3)]
+    for n, app in zip((1, 2, 3), apps, strict=True):
+        function = app.tasks[SWEEP_TASK]._decorated_fun
+        cells = dict(zip(function.__code__.co_freevars, function.__closure__, strict=True))
+        assert cells["config"].cell_contents.stuck_after_s == n
+        assert cells["app"].cell_contents is app
+        app.close()
+
+
 def test_the_embedded_broker_polls_fast_without_options_sqlalchemy_would_refuse() -> None:
     app = create_app(config(f"sqla+sqlite:///{Path('/tmp') / 'b.db'}"))
     assert app.conf.broker_transport_options == {}  # kombu would pass them to create_engine
@@ -316,6 +535,66 @@ def test_the_embedded_broker_polls_fast_without_options_sqlalchemy_would_refuse(
         assert isinstance(connection.transport, EmbeddedTransport)
         assert connection.transport.polling_interval == EMBEDDED_POLLING_INTERVAL_S
         assert connection.hostname == "sqlite:////tmp/b.db"
+    app.close()
+
+
+def broker_rows(path: Path) -> tuple[int, int]:
+    """(undelivered, delivered) message rows in an embedded broker's database."""
+    with sqlite3.connect(path) as db:
+        rows = dict(db.execute("SELECT visible, count(*) FROM kombu_message GROUP BY visible").fetchall())
+    return rows.get(1, 0), rows.get(0, 0)
+
+
+def deliver(app: Any, n: int) -> list[list[int]]:
+    """Take ``n`` messages off the inference queue and acknowledge them, as a worker does."""
+    got = []
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        for _ in range(n):
+            message = channel.basic_get(Queue.INFERENCE.value)
+            assert message is not None
+            got.append(message.decode()[0][0])
+            channel.basic_ack(message.delivery_tag)
+    return got
+
+
+def test_the_embedded_broker_keeps_delivered_rows_until_they_are_purged(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    url = f"sqla+sqlite:///{path}"
+    assert purge_delivered_messages(url) == 0  # no broker database yet: nothing to do
+    app = create_app(config(url))
+    for i in range(30):
+        publish_classification(app, [i])
+    assert deliver(app, 20) == [[i] for i in range(20)]
+    # kombu marks a delivered message invisible; the acknowledgement deletes nothing.
+    assert broker_rows(path) == (10, 20)
+
+    assert purge_delivered_messages(url) == 0  # delivered just now: kept for a while
+    later = datetime.now() + timedelta(hours=1)
+    assert purge_delivered_messages(url, now=later) == 20
+    assert broker_rows(path) == (10, 0)  # undelivered messages untouched, and still delivered in order
+    assert deliver(app, 10) == [[i] for i in range(20, 30)]
+    assert app.tasks[PURGE_TASK].run() == 0  # the beat task: the 10 just delivered are recent
+    assert "purge-broker-messages" in app.conf.beat_schedule
+    assert app.conf.beat_schedule["purge-broker-messages"]["task"] == PURGE_TASK
+    assert app.conf.task_routes[PURGE_TASK] == {"queue": Queue.MAINTENANCE.value}
+
+    # Purged rows leave free pages that later messages reuse: the file stops growing.
+    sizes = []
+    for _ in range(3):
+        for i in range(100):
+            publish_classification(app, [i] * 20)
+        deliver(app, 100)
+        purge_delivered_messages(url, now=datetime.now() + timedelta(hours=1))
+        sizes.append(path.stat().st_size)
+    assert sizes[2] <= sizes[0], sizes
+    app.close()
+
+
+def test_the_purge_leaves_other_brokers_alone() -> None:
+    assert purge_delivered_messages("redis://127.0.0.1:1/0") == 0  # not even connected to
+    app = create_app(config())
+    assert "purge-broker-messages" not in app.conf.beat_schedule
     app.close()
 
 
@@ -340,6 +619,7 @@ def test_settings_feed_the_worker_and_the_watcher(tmp_path: Path) -> None:
         {
             "DEFECTLOOP_DATA_DIR": str(tmp_path),
             "DEFECTLOOP_INFERENCE_BATCH_SIZE": "5",
+            "DEFECTLOOP_INFERENCE_BATCH_TIMEOUT_MS": "75",
             "DEFECTLOOP_INGEST_EXTENSIONS": "JPG, .png",
             "DEFECTLOOP_INGEST_STABLE_SECONDS": "0.5",
             "DEFECTLOOP_INGEST_POLLING": "true",
@@ -348,7 +628,7 @@ def test_settings_feed_the_worker_and_the_watcher(tmp_path: Path) -> None:
     )
     worker = worker_config(settings)
     assert worker.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.db'}"
-    assert worker.inference_batch_size == 5
+    assert (worker.inference_batch_size, worker.inference_batch_timeout_ms) == (5, 75)
     assert worker.classes == settings.classes
     ingest = ingest_config(settings, [tmp_path])
     assert ingest.extensions == frozenset({".jpg", ".png"})
