@@ -725,6 +725,19 @@ def mark_annotation_deleted(*, session: Session, ls_annotation_id: int) -> bool:
     return _update_rows(session, Annotation, stmt) == 1
 
 
+def get_annotation_by_ls_id(*, session: Session, ls_annotation_id: int) -> Annotation | None:
+    """The annotation recorded for this Label Studio annotation id, or None."""
+    stmt = select(Annotation).where(Annotation.ls_annotation_id == ls_annotation_id)
+    return session.scalars(stmt).one_or_none()
+
+
+def list_prediction_model_keys(*, session: Session, limit: int = 50) -> list[str]:
+    """The model keys predictions were made with, newest first (the versions Label Studio may see)."""
+    newest = func.max(Prediction.id)
+    stmt = select(Prediction.model_key).group_by(Prediction.model_key).order_by(newest.desc()).limit(limit)
+    return [str(key) for key in session.scalars(stmt)]
+
+
 def current_label(*, session: Session, image_id: int) -> str | None:
     """The label of the latest annotation of the image that is neither deleted nor cancelled, or None."""
     stmt = (
@@ -897,6 +910,20 @@ def list_labelling_candidates(
     return list(session.scalars(stmt))
 
 
+def list_ls_annotation_ids(*, session: Session, ls_project_id: int) -> list[tuple[int, int]]:
+    """(annotation id, task id) of the standing Label Studio annotations on the project's tasks."""
+    stmt = (
+        select(Annotation.ls_annotation_id, Annotation.ls_task_id)
+        .join(
+            LabelTask,
+            (LabelTask.ls_task_id == Annotation.ls_task_id) & (LabelTask.ls_project_id == ls_project_id),
+        )
+        .where(Annotation.ls_annotation_id.is_not(None), Annotation.deleted.is_(False))
+        .order_by(Annotation.ls_annotation_id)
+    )
+    return [(int(a), int(t)) for a, t in session.execute(stmt).all() if a is not None and t is not None]
+
+
 def get_sync_cursor(*, session: Session, name: str) -> datetime | None:
     """Where the named sync got to, or None before its first run."""
     return session.scalars(select(SyncCursor.position).where(SyncCursor.name == name)).one_or_none()
@@ -918,6 +945,34 @@ def advance_sync_cursor(*, session: Session, name: str, position: datetime) -> d
     stored = get_sync_cursor(session=session, name=name)
     assert stored is not None
     return stored
+
+
+def try_acquire_lease(*, session: Session, name: str, until: datetime, now: datetime | None = None) -> bool:
+    """Take the named lease until ``until`` unless another holder's lease is still running; True if taken.
+
+    One conditional UPDATE, so of two processes racing exactly one wins (on SQLite and PostgreSQL alike).
+    A holder that dies simply lets its lease run out. Leases share the ``sync_cursors`` table: the
+    position is the lease's expiry.
+    """
+    _require_text(name, "name")
+    moment = now or utcnow()
+    _insert_ignore(session, SyncCursor, {"name": name, "position": moment - timedelta(seconds=1)}, ["name"])
+    stmt = (
+        update(SyncCursor)
+        .where(SyncCursor.name == name, SyncCursor.position <= moment)
+        .values(position=until, updated_at=utcnow())
+    )
+    return _update_rows(session, SyncCursor, stmt) == 1
+
+
+def release_lease(*, session: Session, name: str, now: datetime | None = None) -> None:
+    """End the named lease now (its holder is done)."""
+    stmt = (
+        update(SyncCursor)
+        .where(SyncCursor.name == name)
+        .values(position=now or utcnow(), updated_at=utcnow())
+    )
+    _update_rows(session, SyncCursor, stmt)
 
 
 def reset_sync_cursor(*, session: Session, name: str) -> bool:

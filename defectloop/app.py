@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
+from defectloop.errors import DefectloopError
 from defectloop.settings import Settings
 from workers.celery_app import WorkerConfig, create_app
 from workers.ingest import IngestConfig
+from workers.labelling_tasks import LabellingConfig
+
+if TYPE_CHECKING:
+    from labelling.gateway import LabelStudioGateway
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,9 @@ def worker_config(settings: Settings, **overrides: Any) -> WorkerConfig:
         "artifacts_dir": settings.artifacts_dir,
         "classes": settings.classes,
         "inference_batch_size": settings.inference_batch_size,
+        "inference_batch_timeout_ms": settings.inference_batch_timeout_ms,
         "mc_passes": settings.mc_dropout_passes,
+        "labelling": labelling_config(settings),
     }
     values.update(overrides)
     return WorkerConfig(**values)
@@ -85,3 +94,85 @@ def ingest_config(settings: Settings, roots: Sequence[Path], **overrides: Any) -
     }
     values.update(overrides)
     return IngestConfig(**values)
+
+
+# --- labelling -------------------------------------------------------------------------------------
+
+
+def media_secret(settings: Settings) -> str:
+    """The key that signs image and heat-map URLs, derived from the webhook secret (one secret to set).
+
+    A separate derivation, so a leaked media URL signature says nothing about the webhook secret.
+    """
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        raise DefectloopError("DEFECTLOOP_WEBHOOK_SECRET is not set: Label Studio integration needs it")
+    key = settings.webhook_secret.get_secret_value().encode()
+    return hmac.new(key, b"defectloop media urls v1", hashlib.sha256).hexdigest()
+
+
+def labelling_config(settings: Settings, *, required: bool = False) -> LabellingConfig | None:
+    """The labelling tasks' configuration, or None when Label Studio is not configured.
+
+    Label Studio counts as configured when its API key and the webhook secret are set; with
+    ``required`` a missing one is an error naming the variable instead.
+    """
+    api_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else ""
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if not api_key or not secret:
+        if required:
+            missing = [
+                name
+                for name, value in (
+                    ("DEFECTLOOP_LABEL_STUDIO_API_KEY", api_key),
+                    ("DEFECTLOOP_WEBHOOK_SECRET", secret),
+                )
+                if not value
+            ]
+            raise DefectloopError(f"Label Studio is not configured: set {' and '.join(missing)}")
+        return None
+    return LabellingConfig(
+        label_studio_url=settings.label_studio_url,
+        api_key=api_key,
+        project_title=settings.label_studio_project_title,
+        public_url=settings.public_url,
+        media_secret=media_secret(settings),
+        strategy=settings.strategy.value,
+        batch_size=settings.labelling_batch_size,
+        push_interval_s=settings.labelling_push_interval_s,
+        reconcile_interval_s=settings.reconcile_interval_s,
+        heatmaps_dir=settings.heatmaps_dir if settings.heatmaps else None,
+    )
+
+
+def label_studio_gateway(settings: Settings) -> LabelStudioGateway:
+    """A Label Studio client for the settings (raises naming the variable when the key is missing)."""
+    from labelling.gateway import LabelStudioGateway
+
+    config = labelling_config(settings, required=True)
+    assert config is not None
+    return LabelStudioGateway(config.label_studio_url, config.api_key)
+
+
+def create_http_app(settings: Settings, database: Database, celery_app: Any) -> Any:
+    """The webhook receiver + ML backend + media app of these settings (``defectloop serve``)."""
+    from labelling.server import create_http_app as create
+    from workers.backend import LabellingHandlers
+    from workers.labelling_tasks import publish_annotation_events
+
+    config = labelling_config(settings, required=True)
+    assert config is not None
+    assert settings.webhook_secret is not None
+    handlers = LabellingHandlers(
+        sessions=database.sessions,
+        publish_events=lambda events: publish_annotation_events(celery_app, events),
+        classes=settings.classes,
+        strategy=settings.strategy.value,
+        heatmaps_dir=config.heatmaps_dir,
+        score=celery_app.defectloop_labelling.scorer(),
+    )
+    return create(
+        handlers=handlers,
+        webhook_secret=settings.webhook_secret.get_secret_value(),
+        media_secret=config.media_secret,
+        classes=settings.classes,
+    )

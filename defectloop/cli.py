@@ -11,7 +11,7 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.table import Table
 from db.errors import DatabaseError
 from defectloop.errors import DefectloopError, NotBuiltYetError, SettingsError
 from defectloop.settings import Settings, load_settings
+from labelling.errors import LabellingError
 from models.errors import ModelError
 from workers.errors import WorkerError
 
@@ -621,7 +622,8 @@ def up(
         InferenceBackend, typer.Option(help="Worker: how champions run.")
     ] = InferenceBackend.AUTO,
 ) -> None:
-    """Start a worker, beat and (given folders) the camera watcher; SIGTERM or Ctrl-C stops them all."""
+    """Start a worker, beat, the camera watcher (given folders) and, with Label Studio configured, the
+    webhook receiver; SIGTERM or Ctrl-C stops them all."""
     settings = _settings(ctx)
     from defectloop.app import open_database
 
@@ -635,7 +637,155 @@ def up(
     }
     if folders:
         commands["watch"] = [*base, "watch", *(str(folder) for folder in folders)]
+    from defectloop.app import labelling_config
+
+    if labelling_config(settings) is not None:  # Label Studio configured: its receiver belongs to the stack
+        commands["serve"] = [*base, "serve"]
     raise typer.Exit(run_processes(commands))
+
+
+# --- labelling: the webhook / ML-backend app and the Label Studio project -------------------------
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: DEFECTLOOP_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: DEFECTLOOP_HTTP_PORT).")] = None,
+) -> None:
+    """Run the webhook receiver, the Label Studio ML backend and the image server (SIGTERM stops it)."""
+    settings = _settings(ctx)
+    from defectloop.app import create_celery_app, create_http_app, labelling_config, open_database
+    from labelling.server import serve_http_app
+
+    labelling_config(settings, required=True)  # names a missing variable before anything starts
+    database = open_database(settings)
+    try:
+        celery_app = create_celery_app(settings)
+        http_app = create_http_app(settings, database, celery_app)
+        serve_http_app(
+            http_app,
+            host=host or settings.http_host,
+            port=port or settings.http_port,
+            log_level=settings.log_level.lower(),
+        )
+    finally:
+        database.dispose()
+
+
+@labelling_app.command("init")
+def labelling_init(ctx: typer.Context) -> None:
+    """Create or find the Label Studio project, its webhook and its queue view (idempotent)."""
+    settings = _settings(ctx)
+    from defectloop.app import label_studio_gateway, open_database
+    from labelling.label_config import build_label_config
+    from labelling.names import SECRET_HEADER, WEBHOOK_ACTIONS
+    from workers.labelling import current_model_key
+
+    gateway = label_studio_gateway(settings)
+    gateway.check()
+    assert settings.webhook_secret is not None  # label_studio_gateway required it
+    project = gateway.ensure_project(
+        title=settings.label_studio_project_title, label_config=build_label_config(settings.classes)
+    )
+    webhook_url = f"{settings.public_url}/webhooks/label-studio"
+    webhook_created = gateway.ensure_webhook(
+        project_id=project.id,
+        url=webhook_url,
+        headers={SECRET_HEADER: settings.webhook_secret.get_secret_value()},
+        actions=WEBHOOK_ACTIONS,
+    )
+    view_created = gateway.ensure_view(project_id=project.id, title=MOST_INFORMATIVE_VIEW)
+    database = open_database(settings)
+    try:
+        with database.sessions() as session:
+            model_key = current_model_key(session)
+    finally:
+        database.dispose()
+    # Label Studio refuses a model version no prediction carries yet: the first push sets it.
+    shown = gateway.get_project(project_id=project.id)["model_version"] or "(set by the first push)"
+    table = Table("what", "state", title=f"Label Studio {settings.label_studio_url}")
+    table.add_row(f"project {project.id} '{settings.label_studio_project_title}'", _made(project.created))
+    table.add_row(f"webhook -> {webhook_url}", _made(webhook_created))
+    table.add_row(f"view '{MOST_INFORMATIVE_VIEW}'", _made(view_created))
+    table.add_row("model version", shown)
+    table.add_row("champions", model_key or "(none yet: nothing to push)")
+    console.print(table)
+
+
+MOST_INFORMATIVE_VIEW = "Most informative first"
+
+
+def _made(created: bool) -> str:
+    return "created" if created else "already there"
+
+
+def _labelling_celery_app(settings: Settings) -> Any:
+    from defectloop.app import create_celery_app, labelling_config, open_database
+
+    labelling_config(settings, required=True)
+    open_database(settings).dispose()
+    return create_celery_app(settings)
+
+
+@labelling_app.command("push")
+def labelling_push(
+    ctx: typer.Context,
+    k: Annotated[
+        int | None, typer.Option(min=1, help="How many images (default: DEFECTLOOP_LABELLING_BATCH_SIZE).")
+    ] = None,
+) -> None:
+    """Push the most informative predicted images to Label Studio now, in this process."""
+    settings = _settings(ctx)
+    from workers.labelling_tasks import PUSH_TASK
+
+    report = _labelling_celery_app(settings).tasks[PUSH_TASK](k)
+    if report["skipped"]:
+        console.print("another push to this project is running (beat's or an engineer's); nothing done")
+        return
+    console.print(
+        f"pushed {report['pushed']} task(s) ({report['planned']} newly chosen, {report['retried']} retried); "
+        f"{report['refreshed']} open task(s) re-ranked"
+    )
+
+
+@labelling_app.command("reconcile")
+def labelling_reconcile(ctx: typer.Context) -> None:
+    """Record the annotations changed in Label Studio since the last sync (what webhooks missed)."""
+    _reconcile(ctx, full=False)
+
+
+@labelling_app.command("resync")
+def labelling_resync(ctx: typer.Context) -> None:
+    """Re-read every annotation of the project from Label Studio (after a disaster); idempotent."""
+    _reconcile(ctx, full=True)
+
+
+def _reconcile(ctx: typer.Context, *, full: bool) -> None:
+    settings = _settings(ctx)
+    from workers.labelling_tasks import RECONCILE_TASK
+
+    report = _labelling_celery_app(settings).tasks[RECONCILE_TASK](full=full)
+    console.print(
+        f"{report['seen']} annotation(s) read: {report['created']} new, {report['updated']} updated, "
+        f"{report['deleted']} deleted, {report['unchanged']} already recorded, {report['invalid']} invalid"
+    )
+
+
+@labelling_app.command("serve-dev")
+def labelling_serve_dev(
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Server data (default: a temporary folder).")] = None,
+) -> None:
+    """Install (once) and run a local Label Studio server for development, until Ctrl-C."""
+    from labelling import devserver
+
+    argv = ["serve"]
+    if port is not None:
+        argv += ["--port", str(port)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    raise typer.Exit(devserver.main(argv))
 
 
 # --- planned commands: listed so --help shows the whole design, refusing loudly until built ----
@@ -653,12 +803,9 @@ def _planned(typer_app: typer.Typer, name: str, summary: str, plan: str) -> None
     )(command)
 
 
-_ISSUE_4 = "planned in issue #4 (ingestion and workers)"
-_ISSUE_5 = "planned in issue #5 (Label Studio labelling)"
 _LATER = "planned for the champion/challenger and demo work after issue #5"
 
 for _name, _summary, _plan in (
-    ("serve", "Run the webhook receiver and Label Studio ML backend.", _ISSUE_5),
     ("retrain", "Train challengers from the labels collected so far.", _LATER),
     ("compare", "Compare champion and challengers on the frozen evaluation set.", _LATER),
     ("promote", "Promote a model version to champion, with a reason.", _LATER),
@@ -669,15 +816,6 @@ for _name, _summary, _plan in (
     ("report", "Write the HTML report: learning curves, confusion matrices, heat-maps.", _LATER),
 ):
     _planned(app, _name, _summary, _plan)
-
-for _name, _summary in (
-    ("init", "Create or find the Label Studio project, webhook, storage and view."),
-    ("push", "Push the most informative images as tasks with pre-annotations."),
-    ("reconcile", "Record annotations that webhooks missed."),
-    ("resync", "Re-read every annotation from Label Studio."),
-    ("serve-dev", "Start a local Label Studio server for development."),
-):
-    _planned(labelling_app, f"labelling {_name}", _summary, _ISSUE_5)
 
 
 def main() -> None:
@@ -690,7 +828,7 @@ def main() -> None:
     except NotBuiltYetError as exc:
         err_console.print(f"[yellow]{exc}[/]", highlight=False)
         sys.exit(2)
-    except (DefectloopError, DatabaseError, ModelError, WorkerError) as exc:
+    except (DefectloopError, DatabaseError, ModelError, WorkerError, LabellingError) as exc:
         # escape: a message may hold brackets (a list of classes) that rich would read as markup.
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     )
     http_host: str = Field(default="127.0.0.1", description="Bind address of the webhook / ML-backend app.")
     http_port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str = Field(
+        default="",
+        description="URL at which Label Studio and annotators' browsers reach the webhook / ML-backend app; "
+        "empty means http://HTTP_HOST:HTTP_PORT.",
+    )
+    labelling_push_interval_s: float = Field(
+        default=300.0, gt=0, description="How often beat selects images and pushes them to Label Studio."
+    )
+    reconcile_interval_s: float = Field(
+        default=300.0, gt=0, description="How often beat pulls annotations that webhooks may have missed."
+    )
+    heatmaps: bool = Field(default=True, description="Render a Grad-CAM overlay for every pushed task.")
 
     classes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_CLASSES,
@@ -163,7 +175,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 1 (grayscale) or 3 (RGB)")
         return value
 
-    @field_validator("database_url", "broker_url", "label_studio_url")
+    @field_validator("database_url", "broker_url", "label_studio_url", "public_url")
     @classmethod
     def _check_url_shape(cls, value: str) -> str:
         if value and "://" not in value:
@@ -185,6 +197,8 @@ class Settings(BaseSettings):
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'defectloop.db'}")
         if not self.broker_url:
             object.__setattr__(self, "broker_url", f"sqla+sqlite:///{data_dir / 'broker.db'}")
+        public = self.public_url or f"http://{self.http_host}:{self.http_port}"
+        object.__setattr__(self, "public_url", public.rstrip("/"))
         return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
@@ -211,6 +225,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def heatmaps_dir(self) -> Path:
+        return self.data_dir / "heatmaps"
 
     def redacted(self) -> dict[str, str]:
         """Every setting as text for display, with secrets and URL passwords masked."""

@@ -34,12 +34,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.errors import DatabaseUnavailableError
 from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
 from workers import classification
-from workers.queues import Queue
+from workers.labelling_tasks import LabellingConfig, register_labelling_tasks
+from workers.queues import PURGE_INTERVAL_S, Queue, is_embedded_broker, purge_delivered_messages
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSIFY_TASK",
+    "PURGE_TASK",
     "SWEEP_TASK",
     "TRANSIENT_ERRORS",
     "WorkerConfig",
@@ -51,7 +53,12 @@ __all__ = [
 
 CLASSIFY_TASK = "defectloop.classify_images"
 SWEEP_TASK = "defectloop.requeue_waiting_images"
-TASK_QUEUES: dict[str, Queue] = {CLASSIFY_TASK: Queue.INFERENCE, SWEEP_TASK: Queue.MAINTENANCE}
+PURGE_TASK = "defectloop.purge_broker_messages"
+TASK_QUEUES: dict[str, Queue] = {
+    CLASSIFY_TASK: Queue.INFERENCE,
+    SWEEP_TASK: Queue.MAINTENANCE,
+    PURGE_TASK: Queue.MAINTENANCE,
+}
 # Worth retrying: the database is unreachable or (SQLite) locked longer than the busy timeout.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (DatabaseUnavailableError, OperationalError)
 POOLS = ("solo", "prefork", "threads")
@@ -59,6 +66,7 @@ POOLS = ("solo", "prefork", "threads")
 
 EMBEDDED_PREFIX = "sqla+"
 EMBEDDED_POLLING_INTERVAL_S = 0.1
+REDIS_SOCKET_TIMEOUT_S = 10.0
 
 
 class EmbeddedTransport(kombu_sqlalchemy.Transport):  # type: ignore[misc]  # kombu is untyped
@@ -81,12 +89,14 @@ class WorkerConfig:
     artifacts_dir: Path
     classes: tuple[str, ...]
     inference_batch_size: int = 16
+    inference_batch_timeout_ms: int = 200
     publish_batch_size: int = 64
     mc_passes: int = 0
     inference_backend: str = "auto"
     visibility_timeout_s: int = 3600
     sweep_interval_s: float = 60.0
     stuck_after_s: float = 300.0
+    labelling: LabellingConfig | None = None
     extra_conf: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +109,8 @@ class WorkerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mc_passes < 0:
             raise ValueError(f"mc_passes must be >= 0, got {self.mc_passes}")
+        if (timeout_ms := self.inference_batch_timeout_ms) < 0:
+            raise ValueError(f"inference_batch_timeout_ms must be >= 0, got {timeout_ms}")
         if self.sweep_interval_s <= 0:
             raise ValueError(f"sweep_interval_s must be > 0, got {self.sweep_interval_s}")
         if self.stuck_after_s < 0:
@@ -180,7 +192,13 @@ def create_app(config: WorkerConfig) -> Any:
     app = Celery("defectloop", broker=broker_url, set_as_current=False)
     transport_options: dict[str, Any] = {}
     if config.uses_redis:
-        transport_options = {"visibility_timeout": config.visibility_timeout_s}
+        transport_options = {
+            "visibility_timeout": config.visibility_timeout_s,
+            # Without these a publish to a Redis that hangs without closing the connection (a network
+            # partition) waits for ever; with them it fails, and is retried or left to the sweeper.
+            "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
+        }
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -209,12 +227,15 @@ def create_app(config: WorkerConfig) -> Any:
             }
         },
     )
-    app.conf.update(config.extra_conf)
     runtime = _Runtime(config)
     app.defectloop_runtime = runtime
+    if config.labelling is not None:
+        register_labelling_tasks(app, config=config.labelling, classes=config.classes, base=runtime)
+    app.conf.update(config.extra_conf)
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
         name=CLASSIFY_TASK,
+        shared=False,  # not shared: each app keeps its own tasks (and closures)
         acks_late=True,
         reject_on_worker_lost=True,
         autoretry_for=TRANSIENT_ERRORS,
@@ -234,11 +255,13 @@ def create_app(config: WorkerConfig) -> Any:
             good_class=config.good_class,
             defect_classes=config.defect_classes,
             batch_size=config.inference_batch_size,
+            collect_timeout_s=config.inference_batch_timeout_ms / 1000,
         )
         return report.as_dict()
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
         name=SWEEP_TASK,
+        shared=False,  # not shared: each app keeps its own tasks (and closures)
         acks_late=True,
         reject_on_worker_lost=True,
         autoretry_for=TRANSIENT_ERRORS,
@@ -257,6 +280,22 @@ def create_app(config: WorkerConfig) -> Any:
         )
         return len(ids)
 
+    @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+        name=PURGE_TASK, shared=False, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3
+    )
+    def purge_broker_messages() -> int:
+        """Delete the embedded broker's rows of delivered messages (see workers.queues); 0 on Redis."""
+        return purge_delivered_messages(config.broker_url)
+
+    if is_embedded_broker(config.broker_url):
+        app.conf.beat_schedule = {
+            **app.conf.beat_schedule,
+            "purge-broker-messages": {
+                "task": PURGE_TASK,
+                "schedule": PURGE_INTERVAL_S,
+                "options": {"queue": Queue.MAINTENANCE.value},
+            },
+        }
     return app
 
 
@@ -304,6 +343,12 @@ def run_worker(
         "--without-heartbeat",
     ]
     logger.info("starting worker %s on queues %s (pool %s x%d)", name, ",".join(queues), pool, concurrency)
+    runtime = getattr(app, "defectloop_runtime", None)
+    if runtime is not None:
+        try:
+            purge_delivered_messages(runtime.config.broker_url)
+        except Exception:  # upkeep only: the worker starts even when it fails
+            logger.warning("could not purge the embedded broker's delivered messages", exc_info=True)
     code = app.worker_main(argv=argv)
     return int(code or 0)
 

@@ -50,9 +50,8 @@ def test_help_lists_the_planned_commands(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "issue"),
     [
-        (("serve",), "#5"),
         (("promote", "binary-resnet18-0002"), "champion/challenger"),
-        (("labelling", "init"), "#5"),
+        (("demo",), "champion/challenger"),
     ],
 )
 def test_planned_commands_refuse_loudly(tmp_path: Path, args: tuple[str, ...], issue: str) -> None:
@@ -60,6 +59,18 @@ def test_planned_commands_refuse_loudly(tmp_path: Path, args: tuple[str, ...], i
     assert result.returncode == 2
     assert "not built yet" in result.stderr
     assert issue in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [("serve",), ("labelling", "init"), ("labelling", "push"), ("labelling", "reconcile")]
+)
+def test_label_studio_commands_name_the_missing_settings(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = run_cli(*args, data_dir=tmp_path, DEFECTLOOP_WEBHOOK_SECRET="s3cret-value")
+    assert result.returncode == 1, result.stderr
+    assert "set DEFECTLOOP_LABEL_STUDIO_API_KEY" in result.stderr
+    assert "DEFECTLOOP_WEBHOOK_SECRET" not in result.stderr  # it is set
+    assert "s3cret-value" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_worker_refuses_an_unknown_queue_naming_the_valid_ones(tmp_path: Path) -> None:

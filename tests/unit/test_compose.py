@@ -91,3 +91,14 @@ def test_dockerfile_installs_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("defectloop", "workers", "labelling", "models", "db"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_labelling_is_initialised_once_label_studio_is_healthy(compose: dict[str, Any]) -> None:
+    init = compose["services"]["labelling-init"]
+    assert init["command"] == ["defectloop", "labelling", "init"]
+    assert init["restart"] == "no"  # a one-shot job, idempotent if run again
+    assert init["depends_on"]["label-studio"]["condition"] == "service_healthy"
+    assert init["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # Label Studio must be able to call the receiver on the compose network.
+    assert compose["services"]["label-studio"]["environment"]["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    assert init["environment"]["DEFECTLOOP_PUBLIC_URL"].startswith("${DEFECTLOOP_PUBLIC_URL:?")

@@ -747,3 +747,21 @@ def test_sync_cursor_only_moves_forward_and_can_be_reset(db_session: Session) ->
     assert repo.reset_sync_cursor(session=db_session, name="reconcile:1")
     assert not repo.reset_sync_cursor(session=db_session, name="reconcile:1")
     assert repo.get_sync_cursor(session=db_session, name="reconcile:1") is None
+
+
+def test_a_lease_has_one_holder_until_it_is_released_or_runs_out(db_session: Session) -> None:
+    now = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    until = now + timedelta(minutes=10)
+    assert repo.try_acquire_lease(session=db_session, name="push:1", until=until, now=now)
+    assert not repo.try_acquire_lease(
+        session=db_session, name="push:1", until=until, now=now + timedelta(minutes=1)
+    )
+    assert repo.try_acquire_lease(session=db_session, name="push:2", until=until, now=now)  # another name
+    # A holder that died: its lease runs out.
+    assert repo.try_acquire_lease(
+        session=db_session, name="push:1", until=until + timedelta(hours=1), now=until
+    )
+    repo.release_lease(session=db_session, name="push:1", now=until + timedelta(minutes=1))
+    assert repo.try_acquire_lease(
+        session=db_session, name="push:1", until=until + timedelta(hours=2), now=until + timedelta(minutes=1)
+    )

@@ -1,0 +1,162 @@
+"""What the HTTP app (``labelling.server``) does when Label Studio calls it: the injected handlers.
+
+Webhook events go to the ``labelling`` queue (the receiver answers at once); a task is known when
+defectloop pushed it; ``/predict`` answers from stored predictions of the current champions and scores
+an image on demand when it has none; ``START_TRAINING`` queues a training run; media are the camera
+file and the heat-map PNG of an image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import repositories as repo
+from db.schema import ModelTask, TrainingTrigger
+from db.session import session_scope
+from labelling.names import IMAGE_ID_KEY
+from labelling.payloads import AnnotationEvent, TaskPrediction, ml_predict_results
+from workers.labelling import choose_candidates, current_model_key
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LabellingHandlers"]
+
+NO_MODEL = "none"
+
+
+class LabellingHandlers:
+    """``labelling.server.BackendHandlers`` on our database, broker and champions."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        publish_events: Callable[[Sequence[AnnotationEvent]], None],
+        classes: Sequence[str],
+        strategy: str,
+        heatmaps_dir: Path | None,
+        score: Callable[[Sequence[tuple[int, str]]], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._publish = publish_events
+        self._classes = tuple(classes)
+        self._strategy = (
+            strategy if strategy in {"least_confidence", "margin", "entropy", "bald"} else "entropy"
+        )
+        self._heatmaps_dir = heatmaps_dir
+        self._score = score
+        self._lock = threading.Lock()
+
+    def submit_events(self, events: Sequence[AnnotationEvent]) -> None:
+        self._publish(events)
+
+    def is_known_task(self, *, ls_project_id: int | None, ls_task_id: int, image_id: int | None) -> bool:
+        with session_scope(self._sessions) as session:
+            if ls_project_id is not None:
+                task = repo.get_label_task_by_ls_id(
+                    session=session, ls_project_id=ls_project_id, ls_task_id=ls_task_id
+                )
+                return task is not None and (image_id is None or task.image_id == image_id)
+            return image_id is not None and bool(
+                repo.list_images_by_ids(session=session, image_ids=[image_id])
+            )
+
+    def model_version(self) -> str:
+        with session_scope(self._sessions) as session:
+            return current_model_key(session) or NO_MODEL
+
+    def versions(self) -> list[str]:
+        with session_scope(self._sessions) as session:
+            return repo.list_prediction_model_keys(session=session)
+
+    def health(self) -> dict[str, Any]:
+        with session_scope(self._sessions) as session:
+            champions = {
+                task.value: (
+                    None if (row := repo.get_champion(session=session, task=task)) is None else row.name
+                )
+                for task in ModelTask
+            }
+            return {"model_version": current_model_key(session) or NO_MODEL, "champions": champions}
+
+    def request_training(self, *, reason: str) -> None:
+        with session_scope(self._sessions) as session:
+            for task in ModelTask:
+                run = repo.create_training_run(
+                    session=session,
+                    task=task,
+                    architecture="all",
+                    trigger=TrainingTrigger.LS_WEBHOOK,
+                    params={"reason": reason},
+                )
+                logger.info("training run %d queued for %s: %s", run.id, task, reason)
+
+    def _image_ids(self, tasks: Sequence[Mapping[str, Any]]) -> list[int | None]:
+        ids: list[int | None] = []
+        for task in tasks:
+            data = task.get("data")
+            value = data.get(IMAGE_ID_KEY) if isinstance(data, Mapping) else None
+            ids.append(value if isinstance(value, int) and not isinstance(value, bool) else None)
+        return ids
+
+    def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """One ML-backend result per task, in order; tasks that are not our images get an empty result."""
+        image_ids = self._image_ids(tasks)
+        with session_scope(self._sessions) as session:
+            model_key = current_model_key(session)
+            if model_key is None:
+                return ml_predict_results([None] * len(tasks), model_version=NO_MODEL)
+            known = {
+                i.id: i.path
+                for i in repo.list_images_by_ids(session=session, image_ids=[i for i in image_ids if i])
+            }
+            missing = [
+                (image_id, known[image_id])
+                for image_id in known
+                if repo.latest_prediction(session=session, image_id=image_id, model_key=model_key) is None
+            ]
+        if missing and self._score is not None:
+            with self._lock:  # one scoring at a time per process: it loads models
+                self._score(missing)
+        with session_scope(self._sessions) as session:
+            stored = {
+                image_id: prediction
+                for image_id in known
+                if (
+                    prediction := repo.latest_prediction(
+                        session=session, image_id=image_id, model_key=model_key
+                    )
+                )
+                is not None
+            }
+            ranked = {
+                p.image_id: info
+                for p, info in choose_candidates(
+                    list(stored.values()), strategy=self._strategy, k=len(stored), classes=self._classes
+                )
+            }
+            answers: list[TaskPrediction | None] = [
+                None
+                if image_id is None or image_id not in stored
+                else TaskPrediction(label=stored[image_id].predicted_label, informativeness=ranked[image_id])
+                for image_id in image_ids
+            ]
+        return ml_predict_results(answers, model_version=model_key)
+
+    def media_path(self, kind: str, image_id: int) -> Path | None:
+        if kind == "heatmap":
+            if self._heatmaps_dir is None:
+                return None
+            path = self._heatmaps_dir / f"{int(image_id)}.png"
+            return path if path.is_file() else None
+        if kind == "image":
+            with session_scope(self._sessions) as session:
+                images = repo.list_images_by_ids(session=session, image_ids=[image_id])
+                return Path(images[0].path) if images else None
+        return None
