@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
 from defectloop.errors import DefectloopError
-from defectloop.settings import Settings
+from defectloop.settings import Settings, Strategy
 from workers.celery_app import WorkerConfig, create_app
 from workers.ingest import IngestConfig
 from workers.labelling_tasks import LabellingConfig
@@ -67,7 +67,9 @@ def worker_config(settings: Settings, **overrides: Any) -> WorkerConfig:
         "classes": settings.classes,
         "inference_batch_size": settings.inference_batch_size,
         "inference_batch_timeout_ms": settings.inference_batch_timeout_ms,
-        "mc_passes": settings.mc_dropout_passes,
+        # MC-dropout passes only pay for BALD: with any other strategy they would multiply the cost of
+        # the layers after the dropout for scores nobody reads.
+        "mc_passes": settings.mc_dropout_passes if settings.strategy is Strategy.BALD else 0,
         "labelling": labelling_config(settings),
     }
     values.update(overrides)

@@ -214,6 +214,7 @@ def loop_on(broker_url: str, root: Path, **env: str) -> Iterator[Loop]:
         DEFECTLOOP_BROKER_URL=broker_url,
         DEFECTLOOP_INFERENCE_BATCH_SIZE="2",
         DEFECTLOOP_MC_DROPOUT_PASSES="2",
+        DEFECTLOOP_STRATEGY="bald",  # the workers then run (and store) the MC-dropout passes
         DEFECTLOOP_LOG_LEVEL="INFO",
         OMP_NUM_THREADS="1",
         COLUMNS="200",

@@ -21,13 +21,14 @@ production implementations at the bottom wrap ``labelling.gateway``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -153,9 +154,10 @@ def choose_candidates(
     if strategy == "bald":
         if any("bald" not in p.uncertainty for p in predictions):
             raise LabellingConfigError(
-                "strategy bald needs predictions made with MC-dropout passes: set "
-                "DEFECTLOOP_MC_DROPOUT_PASSES >= 2 and use a champion with dropout (not baseline_cnn), "
-                "or choose another DEFECTLOOP_STRATEGY"
+                "strategy bald needs predictions made with MC-dropout passes (workers run them only "
+                "while DEFECTLOOP_STRATEGY=bald, with DEFECTLOOP_MC_DROPOUT_PASSES >= 2, and only for a "
+                "champion with dropout, not baseline_cnn); images predicted before have none: choose "
+                "another DEFECTLOOP_STRATEGY for them"
             )
         scores = np.array([float(p.uncertainty["bald"]) for p in predictions])
         order = sorted(range(len(predictions)), key=lambda i: (-scores[i], predictions[i].image_id))[:k]
@@ -270,6 +272,26 @@ def exclusive_push(sessions: sessionmaker[Session], ls_project_id: int) -> Itera
             repo.release_lease(session=session, name=name)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _exclusive(on_busy: Callable[[], _R]) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Run the (keyword-only ``sessions``, ``ls_project_id``) function under the project's push lease;
+    ``on_busy()`` is the answer when another process holds it."""
+
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            sessions = cast("sessionmaker[Session]", kwargs["sessions"])
+            with exclusive_push(sessions, int(cast(int, kwargs["ls_project_id"]))) as held:
+                return function(*args, **kwargs) if held else on_busy()
+
+        return wrapper
+
+    return decorate
+
+
 @dataclass
 class PushReport:
     """What one push did: label task ids planned now, and image id -> Label Studio task id pushed."""
@@ -312,6 +334,7 @@ def _push_items(session: Session, ls_project_id: int, tasks: Iterable[Any]) -> l
     return items
 
 
+@_exclusive(lambda: PushReport(skipped=True))
 def push_labelling_batch(
     *,
     sessions: sessionmaker[Session],
@@ -331,32 +354,6 @@ def push_labelling_batch(
     duplicated, and recording the Label Studio ids is idempotent. When the sink fails the tasks are
     marked ``failed`` with the reason and the error is re-raised (the Celery task retries transient ones).
     """
-    with exclusive_push(sessions, ls_project_id) as held:
-        if not held:
-            return PushReport(skipped=True)
-        return _push_labelling_batch(
-            sessions=sessions,
-            sink=sink,
-            ls_project_id=ls_project_id,
-            strategy=strategy,
-            k=k,
-            classes=classes,
-            seed=seed,
-            embed=embed,
-        )
-
-
-def _push_labelling_batch(
-    *,
-    sessions: sessionmaker[Session],
-    sink: LabellingSink,
-    ls_project_id: int,
-    strategy: str,
-    k: int,
-    classes: Sequence[str],
-    seed: int,
-    embed: Embedder | None,
-) -> PushReport:
     report = PushReport()
     with session_scope(sessions) as session:
         unfinished = repo.list_label_tasks(
@@ -415,6 +412,7 @@ Scorer = Callable[[Sequence[tuple[int, str]]], None]
 """Store predictions of the current champions for these (image id, path) pairs, without moving status."""
 
 
+@_exclusive(lambda: 0)
 def refresh_labelling_predictions(
     *,
     sessions: sessionmaker[Session],
@@ -432,28 +430,6 @@ def refresh_labelling_predictions(
     embeddings re-rank by entropy here (the open tasks were already chosen for diversity). Runs under
     the project's push lease (0 when another push holds it).
     """
-    with exclusive_push(sessions, ls_project_id) as held:
-        if not held:
-            return 0
-        return _refresh_labelling_predictions(
-            sessions=sessions,
-            sink=sink,
-            ls_project_id=ls_project_id,
-            strategy=strategy,
-            classes=classes,
-            score=score,
-        )
-
-
-def _refresh_labelling_predictions(
-    *,
-    sessions: sessionmaker[Session],
-    sink: LabellingSink,
-    ls_project_id: int,
-    strategy: str,
-    classes: Sequence[str],
-    score: Scorer | None,
-) -> int:
     with session_scope(sessions) as session:
         model_key = current_model_key(session)
         if model_key is None:

@@ -137,3 +137,11 @@ def test_every_field_has_a_flat_variable_name() -> None:
     for name in Settings.model_fields:
         assert name == name.lower()
         assert "__" not in name
+
+
+def test_workers_run_mc_dropout_passes_only_for_bald() -> None:
+    from defectloop.app import worker_config
+
+    entropy = worker_config(load_settings({"DEFECTLOOP_MC_DROPOUT_PASSES": "6"}))
+    bald = worker_config(load_settings({"DEFECTLOOP_MC_DROPOUT_PASSES": "6", "DEFECTLOOP_STRATEGY": "bald"}))
+    assert (entropy.mc_passes, bald.mc_passes) == (0, 6)
