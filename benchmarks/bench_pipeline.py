@@ -551,6 +551,7 @@ def docs_rows(runs: dict[str, dict[str, Any]], machine: dict[str, Any]) -> list[
     models = (
         f"{CHAMPIONS[ModelTask.BINARY]} + {CHAMPIONS[ModelTask.MULTICLASS]} untrained, {SPEC.image_size} px"
     )
+    tag = f"[strategy {STRATEGY}, {MC_PASSES} MC-dropout passes] "
 
     def met(ok: bool, text: str) -> str:
         return "met" if ok else f"NOT met: {text}"
@@ -580,7 +581,7 @@ def docs_rows(runs: dict[str, dict[str, Any]], machine: dict[str, Any]) -> list[
     rss_ok = all(run["worker_memory_mb"]["VmRSS"] < TARGET_RSS_MB for run in runs.values())
     return [
         (
-            f"pipeline throughput (file -> prediction) / bare forward, batch {BATCH}, {models}, "
+            f"{tag}pipeline throughput (file -> prediction) / bare forward, batch {BATCH}, {models}, "
             f"watch + worker processes{shared}",
             "; ".join(ratio_parts)
             + f"; target >= {TARGET_RATIO}. "
@@ -595,8 +596,8 @@ def docs_rows(runs: dict[str, dict[str, Any]], machine: dict[str, Any]) -> list[
             "the same 2 cores, the ramp of the burst)",
         ),
         (
-            f"pipeline latency at a steady 10 img/s, file written -> prediction committed, ingest stable "
-            f"{STABLE_S} s, {models}{shared}",
+            f"{tag}pipeline latency at a steady 10 img/s, file written -> prediction committed, "
+            f"ingest stable {STABLE_S} s, {models}{shared}",
             "; ".join(latency_parts)
             + f". The watcher's part is the stability wait ({STABLE_S} s here): with the default "
             "DEFECTLOOP_INGEST_STABLE_SECONDS=1 every latency is about 0.9 s longer and the targets are "
