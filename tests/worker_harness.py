@@ -48,6 +48,34 @@ DEADLINE_S = 90.0
 SPEC = InputSpec(image_size=32, channels=1)
 
 
+def register_untrained(
+    sessions: sessionmaker[Session], path: Path, task: ModelTask, *, seed: int, name: str
+) -> int:
+    """Save a seeded, untrained 32 px baseline CNN for ``task`` at ``path`` and register it; its id.
+
+    The first version of a task becomes its champion. The numbers such a model gives do not matter to
+    the tests that use it; the bookkeeping does.
+    """
+    classes = ("ok", "defective") if task is ModelTask.BINARY else DEFAULT_CLASSES[1:]
+    torch.manual_seed(seed)
+    model = create_model("baseline_cnn", num_classes=len(classes), in_chans=SPEC.channels)
+    digest = save_checkpoint(
+        path, model, architecture="baseline_cnn", task=task.value, class_names=classes, input_spec=SPEC
+    )
+    with sessions.begin() as session:
+        version = repo.register_model_version(
+            session=session,
+            name=name,
+            task=task,
+            architecture="baseline_cnn",
+            classes=classes,
+            input_spec=SPEC.to_dict(),
+            artifact_path=str(path),
+            artifact_sha256=digest,
+        )
+        return int(version.id)
+
+
 @dataclass
 class Loop:
     """One isolated deployment: data dir, database, broker, and the processes started in it."""
@@ -84,27 +112,14 @@ class Loop:
         )
 
     def register(self, task: ModelTask, *, seed: int) -> int:
-        classes = ("ok", "defective") if task is ModelTask.BINARY else DEFAULT_CLASSES[1:]
-        torch.manual_seed(seed)
-        model = create_model("baseline_cnn", num_classes=len(classes), in_chans=SPEC.channels)
         self.n_versions += 1
-        path = self.root / "artifacts" / f"{task}-{self.n_versions}.pt"
-        digest = save_checkpoint(
-            path, model, architecture="baseline_cnn", task=task.value, class_names=classes, input_spec=SPEC
+        return register_untrained(
+            self.sessions,
+            self.root / "artifacts" / f"{task}-{self.n_versions}.pt",
+            task,
+            seed=seed,
+            name=f"{task}-baseline_cnn-{self.n_versions:04d}",
         )
-        with self.sessions() as session:
-            version = repo.register_model_version(
-                session=session,
-                name=f"{task}-baseline_cnn-{self.n_versions:04d}",
-                task=task,
-                architecture="baseline_cnn",
-                classes=classes,
-                input_spec=SPEC.to_dict(),
-                artifact_path=str(path),
-                artifact_sha256=digest,
-            )
-            session.commit()
-            return version.id
 
     def promote(self, version_id: int) -> None:
         with self.sessions() as session:

@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,9 +36,8 @@ from labelling.devserver import LabelStudioServer, find_free_port
 from labelling.gateway import LabelStudioGateway
 from labelling.names import IMAGE_ID_KEY, SECRET_HEADER
 from models.data import InputSpec
-from models.registry import create_model
-from models.train import save_checkpoint
 from tests.label_studio_fixtures import unique_project_title
+from tests.worker_harness import register_untrained
 from workers import classification
 from workers.labelling import current_model_key
 
@@ -125,24 +123,13 @@ class Deployment:
 
 
 def _register(sessions: sessionmaker[Session], root: Path, task: ModelTask, seed: int) -> None:
-    classes = ("ok", "defective") if task is ModelTask.BINARY else DEFAULT_CLASSES[1:]
-    torch.manual_seed(seed)
-    model = create_model("baseline_cnn", num_classes=len(classes), in_chans=SPEC.channels)
-    path = root / "artifacts" / f"{task}-{seed}.pt"
-    digest = save_checkpoint(
-        path, model, architecture="baseline_cnn", task=task.value, class_names=classes, input_spec=SPEC
+    register_untrained(
+        sessions,
+        root / "artifacts" / f"{task}-{seed}.pt",
+        task,
+        seed=seed,
+        name=f"{task}-baseline_cnn-{seed:04d}",
     )
-    with sessions.begin() as session:
-        repo.register_model_version(
-            session=session,
-            name=f"{task}-baseline_cnn-{seed:04d}",
-            task=task,
-            architecture="baseline_cnn",
-            classes=classes,
-            input_spec=SPEC.to_dict(),
-            artifact_path=str(path),
-            artifact_sha256=digest,
-        )
 
 
 def _camera_images(sessions: sessionmaker[Session], folder: Path) -> list[int]:
