@@ -28,6 +28,7 @@ from typing import Any
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,9 +70,34 @@ EMBEDDED_POLLING_INTERVAL_S = 0.1
 REDIS_SOCKET_TIMEOUT_S = 10.0
 
 
-class EmbeddedTransport(kombu_sqlalchemy.Transport):  # type: ignore[misc]  # kombu is untyped
-    """kombu's SQLAlchemy transport, polling an idle queue every 0.1 s instead of every second."""
+def _sqlite_broker_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL: readers (polling workers) never block the writer (a publisher), and a commit appends to the
+    # log instead of rewriting pages. synchronous=NORMAL skips the fsync per commit: a power cut may lose
+    # the last messages, never corrupt the file, and the sweeper re-publishes whatever they announced
+    # (the images' rows live in the registry, not here). busy_timeout: wait for the lock, do not fail.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cursor.close()
 
+
+class EmbeddedChannel(kombu_sqlalchemy.Channel):  # type: ignore[misc]  # kombu is untyped
+    """kombu's SQLAlchemy channel on a SQLite file tuned for several processes publishing at once."""
+
+    def _engine_from_config(self) -> Any:
+        engine = super()._engine_from_config()
+        sqlalchemy_event.listen(engine, "connect", _sqlite_broker_pragmas)
+        return engine
+
+
+class EmbeddedTransport(kombu_sqlalchemy.Transport):  # type: ignore[misc]  # kombu is untyped
+    """kombu's SQLAlchemy transport, polling an idle queue every 0.1 s instead of every second, on a
+    SQLite file in WAL mode (``EmbeddedChannel``)."""
+
+    Channel = EmbeddedChannel
     polling_interval = EMBEDDED_POLLING_INTERVAL_S
 
 

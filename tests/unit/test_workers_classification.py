@@ -634,3 +634,22 @@ def test_settings_feed_the_worker_and_the_watcher(tmp_path: Path) -> None:
     assert ingest.extensions == frozenset({".jpg", ".png"})
     assert (ingest.stable_seconds, ingest.poll, ingest.max_pixels) == (0.5, True, 1_000_000)
     assert ingest.rescan_seconds == 30.0
+
+
+def test_the_embedded_broker_file_is_in_wal_mode_so_publishers_do_not_block_pollers(tmp_path: Path) -> None:
+    from workers.celery_app import WorkerConfig, create_app, publish_classification
+
+    broker = tmp_path / "broker.db"
+    app = create_app(
+        WorkerConfig(
+            broker_url=f"sqla+sqlite:///{broker}",
+            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+            artifacts_dir=tmp_path,
+            classes=DEFAULT_CLASSES,
+        )
+    )
+    publish_classification(app, [1, 2, 3])
+    with sqlite3.connect(broker) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("SELECT count(*) FROM kombu_message").fetchone()[0] == 1
+    app.close()
