@@ -36,7 +36,13 @@ from db.errors import DatabaseUnavailableError
 from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
 from workers import classification
 from workers.labelling_tasks import LabellingConfig, register_labelling_tasks
-from workers.queues import PURGE_INTERVAL_S, Queue, is_embedded_broker, purge_delivered_messages
+from workers.queues import (
+    PURGE_INTERVAL_S,
+    Queue,
+    idempotent_task_options,
+    is_embedded_broker,
+    purge_delivered_messages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -260,15 +266,7 @@ def create_app(config: WorkerConfig) -> Any:
     app.conf.update(config.extra_conf)
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
-        name=CLASSIFY_TASK,
-        shared=False,  # not shared: each app keeps its own tasks (and closures)
-        acks_late=True,
-        reject_on_worker_lost=True,
-        autoretry_for=TRANSIENT_ERRORS,
-        retry_backoff=True,
-        retry_backoff_max=60,
-        retry_jitter=True,
-        max_retries=10,
+        name=CLASSIFY_TASK, **idempotent_task_options(TRANSIENT_ERRORS, max_retries=10)
     )
     def classify_images(image_ids: list[int]) -> dict[str, Any]:
         """Classify these images with the current champions (idempotent; see workers.classification)."""
@@ -286,14 +284,7 @@ def create_app(config: WorkerConfig) -> Any:
         return report.as_dict()
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
-        name=SWEEP_TASK,
-        shared=False,  # not shared: each app keeps its own tasks (and closures)
-        acks_late=True,
-        reject_on_worker_lost=True,
-        autoretry_for=TRANSIENT_ERRORS,
-        retry_backoff=True,
-        retry_backoff_max=60,
-        max_retries=3,
+        name=SWEEP_TASK, **idempotent_task_options(TRANSIENT_ERRORS, max_retries=3)
     )
     def requeue_waiting_images(stuck_after_s: float | None = None) -> int:
         """Re-publish images waiting in new/queued longer than ``stuck_after_s`` (default: the config's)."""

@@ -23,7 +23,7 @@ from db.session import session_scope
 from labelling.errors import LabelStudioUnavailableError
 from labelling.payloads import AnnotationEvent
 from workers import labelling
-from workers.queues import Queue
+from workers.queues import Queue, idempotent_task_options
 
 if TYPE_CHECKING:
     from labelling.gateway import LabelStudioGateway
@@ -159,7 +159,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
 
     runtime = _LabellingRuntime(config, classes, base)
     app.defectloop_labelling = runtime
-    retry_on = (LabelStudioUnavailableError, *TRANSIENT_ERRORS)
+    retry_on: tuple[type[Exception], ...] = (LabelStudioUnavailableError, *TRANSIENT_ERRORS)
     routes = dict(app.conf.task_routes or {})
     routes.update({name: {"queue": queue.value} for name, queue in LABELLING_TASK_QUEUES.items()})
     schedule = dict(app.conf.beat_schedule or {})
@@ -174,16 +174,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
         "options": {"queue": Queue.LABELLING.value},
     }
     app.conf.update(task_routes=routes, beat_schedule=schedule)
-    common: dict[str, Any] = {
-        "shared": False,  # each app keeps its own tasks (and closures)
-        "acks_late": True,
-        "reject_on_worker_lost": True,
-        "autoretry_for": retry_on,
-        "retry_backoff": True,
-        "retry_backoff_max": 300,
-        "retry_jitter": True,
-        "max_retries": 12,
-    }
+    common = idempotent_task_options(retry_on, max_retries=12, backoff_max_s=300)
 
     @app.task(name=PUSH_TASK, **common)  # type: ignore[untyped-decorator]  # celery is untyped
     def push_labelling_batch(k: int | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Boolean, DateTime, column, create_engine, delete, false, inspect, table
 
@@ -45,6 +46,24 @@ class Queue(StrEnum):
 
     MAINTENANCE = "maintenance"
     """Beat's periodic jobs: re-queueing images that wait or got stuck, reconciliation."""
+
+
+def idempotent_task_options(
+    retry_on: tuple[type[Exception], ...], *, max_retries: int, backoff_max_s: int = 60
+) -> dict[str, Any]:
+    """``app.task`` options of a task that is safe to run twice: late acks, redelivery when its worker
+    dies, retries with jittered backoff for ``retry_on`` only (transient errors, never bad input), and
+    not shared (each app keeps its own tasks: a shared task would run another app's closure)."""
+    return {
+        "shared": False,
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "autoretry_for": retry_on,
+        "retry_backoff": True,
+        "retry_backoff_max": backoff_max_s,
+        "retry_jitter": True,
+        "max_retries": max_retries,
+    }
 
 
 def is_embedded_broker(broker_url: str) -> bool:
