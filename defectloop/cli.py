@@ -388,6 +388,15 @@ def train(
     console.print(f"artifact {outcome.artifact_path}", highlight=False, soft_wrap=True)
     console.print(f"sha256 {outcome.artifact_sha256}", highlight=False, soft_wrap=True)
     _print_evaluation(outcome.val_evaluation, f"{outcome.version_name}: validation")
+    if outcome.threshold is not None:
+        t = outcome.threshold
+        console.print(
+            f"decision threshold {t.threshold:.3f}, tuned on validation for defect F1: {t.f1:.3f} "
+            f"(precision {t.precision:.3f}, recall {t.recall:.3f}) vs {t.f1_at_default:.3f} at 0.5, on "
+            f"{t.support} defective images; the table above calls at 0.5, workers and `evaluate` call at "
+            "the tuned threshold",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -418,7 +427,8 @@ def evaluate(
         )
     finally:
         database.dispose()
-    _print_evaluation(outcome.evaluation, f"{outcome.version_name} on {outcome.dataset}")
+    at = "" if outcome.threshold is None else f", defective at p >= {outcome.threshold:.3f}"
+    _print_evaluation(outcome.evaluation, f"{outcome.version_name} on {outcome.dataset}{at}")
     console.print(
         f"recorded as evaluation {outcome.evaluation_id} ({outcome.n_images} images, "
         f"data set sha256 {outcome.dataset_sha256[:12]})",

@@ -17,11 +17,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "THRESHOLD_KEY",
     "BootstrapInterval",
     "Decision",
     "Evaluation",
     "McNemarResult",
     "PromotionPolicy",
+    "ThresholdChoice",
     "apply_temperature",
     "bootstrap_macro_f1_difference",
     "classification_report",
@@ -31,7 +33,10 @@ __all__ = [
     "fit_temperature",
     "macro_f1",
     "mcnemar_exact",
+    "positive_f1",
     "softmax",
+    "stored_threshold",
+    "tune_threshold",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -285,6 +290,108 @@ def fit_temperature(
             d = a + inv_phi * (b - a)
             fd = _nll(z, y, math.exp(d))
     return math.exp((a + b) / 2.0)
+
+
+# ------------------------------------------------------------------------------------ decision threshold
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The cut on p(positive) that maximises the positive class's F1 on held-out data.
+
+    A score ``p >= threshold`` is called positive. ``f1``/``precision``/``recall`` are at that cut,
+    ``f1_at_default`` at 0.5, for comparison; ``support`` counts the positives it was tuned on (few
+    positives make a noisy cut: read it with that number).
+    """
+
+    threshold: float
+    f1: float
+    precision: float
+    recall: float
+    f1_at_default: float
+    support: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "threshold": self.threshold,
+            "f1": self.f1,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1_at_default": self.f1_at_default,
+            "support": self.support,
+        }
+
+
+THRESHOLD_KEY = "decision_threshold"  # where a binary version's tuned threshold lives in its metrics
+
+
+def stored_threshold(metrics: Mapping[str, Any] | None) -> float:
+    """A binary model version's decision threshold from its registry metrics (0.5 when none was tuned,
+    e.g. a version registered before thresholds were, or whose validation held no defect)."""
+    value = (metrics or {}).get(THRESHOLD_KEY)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return DEFAULT_THRESHOLD
+
+
+def _f1_counts(tp: FloatArray, fp: FloatArray, fn: FloatArray) -> FloatArray:
+    denominator = 2.0 * tp + fp + fn
+    return np.divide(2.0 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+
+
+def positive_f1(y_true: ArrayLike, p_positive: ArrayLike, threshold: float) -> float:
+    """F1 of the positive class (label 1) when ``p >= threshold`` is called positive."""
+    y = _as_labels(y_true, "y_true", 2)
+    p = np.asarray(p_positive, dtype=np.float64)
+    _same_length(y_true=y, p_positive=p)
+    predicted = p >= threshold
+    tp = float(np.sum(predicted & (y == 1)))
+    fp = float(np.sum(predicted & (y == 0)))
+    fn = float(np.sum(~predicted & (y == 1)))
+    return float(_f1_counts(np.array([tp]), np.array([fp]), np.array([fn]))[0])
+
+
+def tune_threshold(y_true: ArrayLike, p_positive: ArrayLike) -> ThresholdChoice:
+    """The threshold that maximises the positive class's F1 on (``y_true``, ``p_positive``).
+
+    Only the scores' order matters, so every cut between two distinct scores is tried; the threshold
+    returned lies midway between the lowest score called positive and the next lower score (or 0, below
+    the lowest score), so a new image scored like a validation one gets the same call.
+    Of equal F1s the cut nearest 0.5 wins. Raises ``ValueError`` without a positive or with a
+    probability outside [0, 1]: nothing can be tuned then, keep 0.5.
+    """
+    y = _as_labels(y_true, "y_true", 2)
+    p = np.asarray(p_positive, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p_positive must be 1-D, got shape {p.shape}")
+    _same_length(y_true=y, p_positive=p)
+    if not np.all(np.isfinite(p)) or (p.size and (p.min() < 0.0 or p.max() > 1.0)):
+        raise ValueError("p_positive must be finite probabilities in [0, 1]")
+    positives = int(np.sum(y == 1))
+    if positives == 0:
+        raise ValueError("cannot tune a threshold without a positive example; keep 0.5")
+    order = np.argsort(-p, kind="stable")
+    scores, hits = p[order], (y[order] == 1).astype(np.float64)
+    # The cut after position i calls scores[: i + 1] positive; only cuts between distinct scores count.
+    last_of_run = np.append(scores[1:] < scores[:-1], True)
+    tp = np.cumsum(hits)[last_of_run]
+    called = (np.nonzero(last_of_run)[0] + 1).astype(np.float64)
+    f1 = _f1_counts(tp, called - tp, positives - tp)
+    lowest = scores[last_of_run]
+    below = np.append(lowest[1:], 0.0)
+    cuts = np.where(lowest > below, (lowest + below) / 2.0, lowest)
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    i = int(best[np.argmin(np.abs(cuts[best] - DEFAULT_THRESHOLD))])
+    threshold = float(cuts[i])
+    return ThresholdChoice(
+        threshold=threshold,
+        f1=float(f1[i]),
+        precision=float(tp[i] / called[i]),
+        recall=float(tp[i] / positives),
+        f1_at_default=positive_f1(y, p, DEFAULT_THRESHOLD),
+        support=positives,
+    )
 
 
 # ------------------------------------------------------------------------------------- paired statistics

@@ -41,6 +41,7 @@ import importlib
 import io
 import itertools
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, get_args
@@ -131,7 +132,8 @@ class PredictionOutput:
 class CombinedPrediction:
     """One distribution over ``class_names = (good_class, *defect_classes)`` per image.
 
-    ``labels``/``predicted`` are the argmax class (name / column index), ``confidence`` its probability,
+    ``labels``/``predicted`` are the called class (name / column index: the binary decision at its
+    threshold, then the most likely defect type; see ``combine_predictions``), ``confidence`` its probability,
     ``uncertainty`` maps a score name (``entropy``, ``margin``, ``least_confidence`` and, with MC passes,
     ``bald``) to (N,) float64 scores where higher = more informative (``models.selection``'s convention).
     """
@@ -507,10 +509,17 @@ def combine_predictions(
     *,
     good_class: str,
     defect_classes: Sequence[str],
+    defect_threshold: float = 0.5,
 ) -> CombinedPrediction:
     """Combine into one distribution over ``[good_class, *defect_classes]``.
 
     p(ok) = 1 - p(defect) and p(k) = p(defect) * p(k | defect).
+
+    The call (``predicted``/``labels``) follows the binary model's decision, not the argmax of the
+    combined distribution: an image is defective when p(defect) >= ``defect_threshold`` (the binary
+    version's threshold tuned on validation, 0.5 untuned), and then of its most likely type. The argmax
+    would call p(defect) = 0.7 spread over five types "ok". ``confidence`` is the called class's
+    probability.
 
     ``binary`` has two columns, the good class then "defective": p(defect) is column 1. ``multiclass``
     gives p(k | defect) over ``defect_classes`` (matched by name, any column order).
@@ -522,6 +531,8 @@ def combine_predictions(
     MC passes: both with passes (equal T) are combined pass by pass; when only one side has passes, the
     other side's deterministic probabilities are used with each of them. ``bald`` is present only then.
     """
+    if not (math.isfinite(defect_threshold) and 0.0 <= defect_threshold <= 1.0):
+        raise ValueError(f"defect_threshold must lie in [0, 1], got {defect_threshold}")
     defects = tuple(str(c) for c in defect_classes)
     if not defects or len(set(defects)) != len(defects) or good_class in defects:
         raise ValueError(
@@ -559,7 +570,7 @@ def combine_predictions(
         mc_probs = combine_binary_multiclass(p_defect, mc_types)
 
     names = (good_class, *defects)
-    predicted = np.asarray(probs.argmax(axis=1), dtype=np.intp)
+    predicted = np.where(p_defect >= defect_threshold, 1 + types.argmax(axis=1), 0).astype(np.intp)
     uncertainty: dict[str, FloatArray] = {
         "entropy": entropy(probs),
         "margin": margin(probs),
@@ -573,6 +584,6 @@ def combine_predictions(
         mc_probs=mc_probs,
         predicted=predicted,
         labels=tuple(names[i] for i in predicted),
-        confidence=np.asarray(probs.max(axis=1) if n else np.zeros(0), dtype=np.float64),
+        confidence=np.asarray(probs[np.arange(n), predicted], dtype=np.float64),
         uncertainty=uncertainty,
     )

@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import repositories as repo
 from db.schema import ImageStatus, ModelTask
 from db.session import session_scope
+from models.comparison import stored_threshold
 
 if TYPE_CHECKING:
     from models.infer import CombinedPrediction
@@ -82,6 +83,7 @@ class VersionRef:
     input_spec: Mapping[str, Any]
     artifact_path: str
     artifact_sha256: str
+    defect_threshold: float = 0.5  # a binary version's decision threshold, tuned on its validation split
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +122,7 @@ def _ref(version: Any) -> VersionRef:
         input_spec=dict(version.input_spec),
         artifact_path=str(version.artifact_path),
         artifact_sha256=str(version.artifact_sha256),
+        defect_threshold=stored_threshold(version.metrics),
     )
 
 
@@ -264,7 +267,11 @@ def _predict(
     if champions.multiclass is not None:
         multi_out = champions.multiclass.predictor.predict(stacked[specs[id(champions.multiclass)]])
     combined = combine_predictions(
-        binary_out, multi_out, good_class=good_class, defect_classes=tuple(defect_classes)
+        binary_out,
+        multi_out,
+        good_class=good_class,
+        defect_classes=tuple(defect_classes),
+        defect_threshold=champions.binary.version.defect_threshold,
     )
     return ok, combined, failed
 

@@ -21,13 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
 from db import repositories as repo
 from db.errors import IntegrityViolation
 from db.schema import ModelStatus, ModelTask, TrainingRunStatus, TrainingTrigger
-from models.comparison import Evaluation, classification_report
+from models.comparison import (
+    THRESHOLD_KEY,
+    Evaluation,
+    ThresholdChoice,
+    classification_report,
+    stored_threshold,
+    tune_threshold,
+)
 from models.data import DEFECTIVE, ImageDataset, ImageRecord, InputSpec, Task, group_split, task_labels
 from models.errors import ModelError
 from models.registry import get_spec
@@ -69,6 +77,7 @@ class TrainOutcome:
     best_epoch: int
     training_run_id: int
     parent_name: str | None = None
+    threshold: ThresholdChoice | None = None  # binary: the decision threshold tuned on validation
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class EvaluationOutcome:
     dataset: Path
     dataset_sha256: str
     n_images: int
+    threshold: float | None = None  # binary: the version's decision threshold the calls were made at
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,10 @@ def train_from_folder(
             "history": [dict(row) for row in result.history],
             "train_seconds": round(time.perf_counter() - started, 3),
         }
+        threshold = _tune_threshold(model_task, class_names, val_labels, result.val_probs)
+        if threshold is not None:
+            metrics[THRESHOLD_KEY] = threshold.threshold
+            metrics["threshold_tuning"] = {**threshold.to_dict(), "tuned_on": "validation split"}
         outcome = _register(
             sessions=sessions,
             run_id=run_id,
@@ -247,7 +261,33 @@ def train_from_folder(
         best_epoch=result.best_epoch,
         training_run_id=run_id,
         parent_name=None if warm is None else warm.name,
+        threshold=threshold,
     )
+
+
+def _tune_threshold(
+    task: Task, class_names: Sequence[str], val_labels: Sequence[int], val_probs: Any
+) -> ThresholdChoice | None:
+    """A binary model's decision threshold, tuned for defect F1 on the validation split (the one that
+    also picked the best epoch). A rare defect class often leaves p(defect) below 0.5 for most defects;
+    the tuned cut is stored with the version and every call (worker, ``evaluate``) is made at it."""
+    if task != "binary":
+        return None
+    column = list(class_names).index(DEFECTIVE)
+    positives = [int(label == column) for label in val_labels]
+    try:
+        choice = tune_threshold(positives, val_probs[:, column])
+    except ValueError as exc:
+        logger.warning("decision threshold left at 0.5: %s", exc)
+        return None
+    logger.info(
+        "decision threshold %.3f tuned on validation: defect F1 %.3f (%.3f at 0.5), %d defects",
+        choice.threshold,
+        choice.f1,
+        choice.f1_at_default,
+        choice.support,
+    )
+    return choice
 
 
 def _task_records(
@@ -501,6 +541,7 @@ def evaluate_on_folder(
         stored_spec = InputSpec.from_dict(version.input_spec)
         artifact_path = Path(version.artifact_path)
         artifact_sha256 = version.artifact_sha256
+        threshold = stored_threshold(version.metrics) if task is ModelTask.BINARY else None
 
     model_task = _TASKS[task]
     defects = tuple(defect_classes) if task is ModelTask.BINARY else classes
@@ -533,7 +574,11 @@ def evaluate_on_folder(
         )
     data = ImageDataset(kept, labels, stored_spec, augment=False, cache=False)
     probs = predict_dataset(checkpoint.model, data, batch_size=batch_size)
-    evaluation = classification_report(labels, probs.argmax(axis=1), classes, probs=probs)
+    calls = probs.argmax(axis=1)
+    if threshold is not None:  # binary: the call the workers make, at the version's own threshold
+        column = classes.index(DEFECTIVE)
+        calls = np.where(probs[:, column] >= threshold, column, 1 - column)
+    evaluation = classification_report(labels, calls, classes, probs=probs)
     fingerprint = dataset_fingerprint(kept, dataset)
     with sessions() as session:
         row = repo.record_evaluation(
@@ -542,7 +587,10 @@ def evaluate_on_folder(
             dataset=str(dataset),
             dataset_sha256=fingerprint,
             n_images=len(kept),
-            metrics=evaluation.to_dict(),
+            metrics={
+                **evaluation.to_dict(),
+                **({} if threshold is None else {THRESHOLD_KEY: threshold}),
+            },
         )
         session.commit()
         evaluation_id = row.id
@@ -563,4 +611,5 @@ def evaluate_on_folder(
         dataset=dataset,
         dataset_sha256=fingerprint,
         n_images=len(kept),
+        threshold=threshold,
     )

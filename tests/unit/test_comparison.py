@@ -24,7 +24,10 @@ from models.comparison import (
     fit_temperature,
     macro_f1,
     mcnemar_exact,
+    positive_f1,
     softmax,
+    stored_threshold,
+    tune_threshold,
 )
 
 FAST = settings(max_examples=40, deadline=None)
@@ -390,3 +393,62 @@ def test_policy_validation() -> None:
         PromotionPolicy(significance=1.5)
     with pytest.raises(ValueError, match="recall floor"):
         PromotionPolicy(recall_floors={"hole": 2.0})
+
+
+# --- decision threshold ----------------------------------------------------------------------------------
+
+
+def test_threshold_against_a_hand_table() -> None:
+    # Sorted scores 0.4(+) 0.35(-) 0.3(+) 0.2(-) 0.1(-): calling the top 3 positive gives tp 2, fp 1,
+    # fn 0, F1 = 4/5; every other cut is lower (top 1: 2/3, top 2: 1/2, top 4: 2/3, all: 4/7).
+    choice = tune_threshold([0, 0, 1, 1, 0], [0.1, 0.2, 0.3, 0.4, 0.35])
+    assert choice.threshold == pytest.approx(0.25)  # midway between 0.3 (called) and 0.2 (not)
+    assert (choice.f1, choice.precision, choice.recall) == pytest.approx((0.8, 2 / 3, 1.0))
+    assert choice.f1_at_default == 0.0  # nothing reaches 0.5: the untuned model never says "defect"
+    assert choice.support == 2
+    assert positive_f1([0, 0, 1, 1, 0], [0.1, 0.2, 0.3, 0.4, 0.35], choice.threshold) == pytest.approx(0.8)
+
+
+def test_threshold_ties_go_to_the_cut_nearest_one_half() -> None:
+    # Separable: any cut in (0.2, 0.8] gives F1 = 1; the cuts tried are 0.5 (between 0.8 and 0.2) only,
+    # and among equal F1s the one nearest 0.5 wins.
+    assert tune_threshold([0, 1], [0.2, 0.8]).threshold == pytest.approx(0.5)
+    # Tied scores are one cut: both are called positive or neither.
+    assert tune_threshold([0, 1], [0.9, 0.9]).threshold == pytest.approx(0.45)
+
+
+def test_threshold_refuses_what_cannot_be_tuned() -> None:
+    with pytest.raises(ValueError, match="without a positive"):
+        tune_threshold([0, 0, 0], [0.1, 0.7, 0.2])
+    with pytest.raises(ValueError, match="probabilities"):
+        tune_threshold([0, 1], [0.1, 1.5])
+    with pytest.raises(ValueError, match="length"):
+        tune_threshold([0, 1, 1], [0.1, 0.5])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    y=arrays(np.int64, st.integers(1, 60), elements=st.integers(0, 1)),
+    data=st.data(),
+)
+def test_tuned_threshold_is_never_worse_than_one_half_on_its_own_data(
+    y: NDArray[np.int64], data: st.DataObject
+) -> None:
+    if not y.any():
+        y[0] = 1
+    p = data.draw(arrays(np.float64, len(y), elements=st.floats(0.0, 1.0)))
+    choice = tune_threshold(y, p)
+    assert 0.0 <= choice.threshold <= 1.0
+    assert choice.f1 >= choice.f1_at_default - 1e-12
+    # The reported F1 is what the returned threshold really gives on the same data.
+    assert positive_f1(y, p, choice.threshold) == pytest.approx(choice.f1)
+    # And it is the best over every cut: no score used as a threshold does better.
+    assert all(positive_f1(y, p, float(t)) <= choice.f1 + 1e-12 for t in np.unique(p))
+
+
+def test_a_stored_threshold_is_used_only_when_it_is_a_probability() -> None:
+    assert stored_threshold({"decision_threshold": 0.23, "macro_f1": 0.5}) == 0.23
+    assert stored_threshold({"decision_threshold": 0}) == 0.0
+    for metrics in (None, {}, {"decision_threshold": 1.5}, {"decision_threshold": "0.2"},
+                    {"decision_threshold": True}, {"decision_threshold": float("nan")}):  # fmt: skip
+        assert stored_threshold(metrics) == 0.5

@@ -282,6 +282,24 @@ def test_combine_hand_computed_example() -> None:
     assert combined.mc_probs is None
 
 
+def test_the_call_follows_the_binary_decision_at_its_threshold() -> None:
+    # p(defect) 0.6 over three types: the combined argmax would say "ok" (0.4 > 0.3), but the binary
+    # model calls it defective, so the call is its most likely type.
+    binary = _output([[0.4, 0.6], [0.75, 0.25], [0.9, 0.1]], BINARY)
+    multi = _output([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.3, 0.4, 0.3]], DEFECTS)
+    at_half = combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS)
+    assert at_half.labels == ("hole", "ok", "ok")
+    np.testing.assert_allclose(at_half.confidence, [0.3, 0.75, 0.9])
+    # A version tuned to a threshold of 0.2 (a rare-defect line) calls the second image defective too.
+    tuned = combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS, defect_threshold=0.2)
+    assert tuned.labels == ("hole", DEFECTS[2], "ok")
+    np.testing.assert_allclose(tuned.confidence, [0.3, 0.25 * 0.6, 0.9])
+    np.testing.assert_allclose(tuned.probs, at_half.probs)  # the distribution itself does not move
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="defect_threshold"):
+            combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS, defect_threshold=bad)
+
+
 def test_combine_matches_multiclass_columns_by_name() -> None:
     binary = _output([[0.2, 0.8]], BINARY)
     multi = _output([[0.25, 0.5, 0.25]], ("uncut_thread", "hole", "seam_puckering"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,13 @@ def test_first_version_is_champion_the_next_a_candidate_and_a_warm_start_names_i
         assert version.hyperparameters["epochs"] == 1
         assert {"macro_f1", "accuracy", "confusion_matrix", "best_epoch", "history"} <= set(version.metrics)
         assert len(version.metrics["history"]) == 1
+        # A binary version carries the decision threshold tuned on its validation split.
+        assert first.threshold is not None
+        assert version.metrics["decision_threshold"] == pytest.approx(first.threshold.threshold)
+        tuning = version.metrics["threshold_tuning"]
+        assert 0.0 <= tuning["threshold"] <= 1.0
+        assert tuning["f1"] >= tuning["f1_at_default"]
+        assert tuning["support"] == first.n_val // 2  # val_fraction 0.25 of 8 ok + 8 hole, stratified
         snapshot = version.training_snapshot or {}
         assert snapshot["dataset"] == str(binary_folder.resolve())
         assert len(snapshot["dataset_sha256"]) == 64
@@ -272,6 +280,24 @@ def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
         version = repo.get_model_version(session=session, version_id=trained.version_id)
         assert row.dataset_sha256 == (version.training_snapshot or {})["dataset_sha256"]
 
+    # The calls are made at the version's stored threshold: at 0 every image is called defective, at 1
+    # none is (a one-epoch model is nowhere near p = 1).
+    for threshold, called_defective in ((0.0, 16), (1.0, 0)):
+        with sessions.begin() as session:
+            version = repo.get_model_version(session=session, version_id=trained.version_id)
+            version.metrics = {**version.metrics, "decision_threshold": threshold}
+        at = evaluate_on_folder(
+            sessions=sessions,
+            version_name=trained.version_name,
+            dataset=binary_folder,
+            good_class=GOOD,
+            defect_classes=DEFECTS,
+        )
+        assert at.threshold == threshold
+        assert sum(row[1] for row in at.evaluation.confusion) == called_defective
+        with sessions() as session:
+            assert session.get(ModelEvaluation, at.evaluation_id).metrics["decision_threshold"] == threshold
+
     data = bytearray(trained.artifact_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     trained.artifact_path.write_bytes(bytes(data))
@@ -283,7 +309,7 @@ def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
             good_class=GOOD,
             defect_classes=DEFECTS,
         )
-    assert _count(sessions, ModelEvaluation) == 1
+    assert _count(sessions, ModelEvaluation) == 3
 
 
 # --- the console script ----------------------------------------------------------------------------
@@ -332,6 +358,7 @@ def test_train_evaluate_and_import_from_the_command_line(binary_folder: Path, tm
     assert trained.returncode == 0, trained.stderr
     assert "registered binary-baseline_cnn-0001 as champion" in trained.stdout
     assert "macro-F1" in trained.stdout
+    assert re.search(r"decision threshold \d\.\d{3}, tuned on validation", trained.stdout), trained.stdout
     assert (data_dir / "artifacts" / "binary-baseline_cnn-0001.pt").is_file()
 
     evaluated = _run_cli("evaluate", "binary-baseline_cnn-0001", "--dataset", str(dataset),
@@ -340,3 +367,4 @@ def test_train_evaluate_and_import_from_the_command_line(binary_folder: Path, tm
     for text in ("precision", "recall", "macro-F1", "ECE", "confusion matrix", "recorded as evaluation 1"):
         assert text in evaluated.stdout, text
     assert "16" in evaluated.stdout
+    assert re.search(r"defective at p >= \d\.\d{3}", evaluated.stdout), evaluated.stdout

@@ -84,7 +84,9 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def register(sessions: sessionmaker[Session], task: ModelTask, n: int) -> int:
+def register(
+    sessions: sessionmaker[Session], task: ModelTask, n: int, metrics: dict[str, Any] | None = None
+) -> int:
     classes = ("ok", "defective") if task is ModelTask.BINARY else DEFAULT_CLASSES[1:]
     with sessions() as session:
         version = repo.register_model_version(
@@ -96,6 +98,7 @@ def register(sessions: sessionmaker[Session], task: ModelTask, n: int) -> int:
             input_spec=SPEC,
             artifact_path=f"/nowhere/{task}-{n}.pt",
             artifact_sha256=hashlib.sha256(f"{task}{n}".encode()).hexdigest(),
+            metrics=metrics,
         )
         session.commit()
         return version.id
@@ -212,6 +215,24 @@ def test_classification_is_once_per_image_and_idempotent(
         assert row.predicted_label == "hole"
         assert set(row.uncertainty) == {"entropy", "margin", "least_confidence"}
         assert (row.binary_version_id, row.multiclass_version_id) == (binary, multiclass)
+
+
+def test_the_call_is_made_at_the_binary_versions_tuned_threshold(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # The fake binary model gives p(defect) = 0.75 to every image: "hole" at 0.5 (the test above), but
+    # a version whose validation tuned the cut to 0.8 calls it ok; the stored distribution is the same.
+    register(sessions, ModelTask.BINARY, 1, metrics={"macro_f1": 0.5, "decision_threshold": 0.8})
+    register(sessions, ModelTask.MULTICLASS, 1)
+    ids = add_images(sessions, tmp_path / "cam", 2)
+    loaded: list[VersionRef] = []
+    classify(sessions, ChampionCache(fake_loader(loaded)), ids)
+    assert [ref.defect_threshold for ref in loaded if len(ref.classes) == 2] == [0.8]
+    with sessions() as session:
+        rows = session.scalars(select(Prediction).where(Prediction.image_id.in_(ids))).all()
+        assert [row.predicted_label for row in rows] == ["ok", "ok"]
+        assert rows[0].probabilities["ok"] == pytest.approx(0.25)
+        assert rows[0].confidence == pytest.approx(0.25)  # the called class's probability
 
 
 def test_an_unreadable_file_is_quarantined_with_its_reason(
