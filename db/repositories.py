@@ -753,6 +753,33 @@ def current_label(*, session: Session, image_id: int) -> str | None:
     return session.scalars(stmt).first()
 
 
+def list_labelled_images(*, session: Session) -> list[tuple[Image, str]]:
+    """Every image with a current label and that label, oldest image first: the training set the
+    annotators and imports have built. The current label is ``current_label``'s (the latest annotation
+    neither deleted nor cancelled); quarantined images are left out."""
+    ranked = (
+        select(
+            Annotation.image_id,
+            Annotation.label,
+            func.row_number()
+            .over(
+                partition_by=Annotation.image_id,
+                order_by=(Annotation.annotated_at.desc(), Annotation.id.desc()),
+            )
+            .label("rank"),
+        )
+        .where(Annotation.deleted.is_(False), Annotation.was_cancelled.is_(False))
+        .subquery()
+    )
+    stmt = (
+        select(Image, ranked.c.label)
+        .join(ranked, ranked.c.image_id == Image.id)
+        .where(ranked.c.rank == 1, Image.status != ImageStatus.QUARANTINED)
+        .order_by(Image.id)
+    )
+    return [(image, str(label)) for image, label in session.execute(stmt)]
+
+
 # --- label tasks ---------------------------------------------------------------------------------
 
 

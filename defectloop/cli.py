@@ -302,11 +302,27 @@ def _print_evaluation(evaluation: Evaluation, title: str) -> None:
 @app.command()
 def train(
     ctx: typer.Context,
-    dataset: _DatasetOption,
     task: Annotated[TaskName, typer.Option(help="binary: ok vs defective; multiclass: defect type.")],
     arch: Annotated[
         str, typer.Option(help="Architecture: baseline_cnn, improved_cnn, efficientnet_b0, resnet18.")
     ],
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset",
+            exists=True,
+            file_okay=False,
+            dir_okay=True,
+            help="Labelled folder: one sub-folder per class (ImageFolder layout).",
+        ),
+    ] = None,
+    from_database: Annotated[
+        bool,
+        typer.Option(
+            "--from-database",
+            help="Train on the images the database holds a label for (Label Studio annotations, imports).",
+        ),
+    ] = False,
     class_map: _ClassMapOption = None,
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = 15,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -339,7 +355,17 @@ def train(
         str | None, typer.Option(metavar="VERSION", help="Start from an earlier version's weights.")
     ] = None,
 ) -> None:
-    """Train a model version from a labelled folder and register it (the first of a task becomes champion)."""
+    """Train a model version on a labelled folder or on the database's labels and register it (the
+    first of a task becomes champion)."""
+    if (dataset is None) == (not from_database):
+        raise typer.BadParameter(
+            "give either --dataset DIR (a labelled folder) or --from-database (the labels in the database)",
+            param_hint="--dataset / --from-database",
+        )
+    if from_database and class_map:
+        raise typer.BadParameter(
+            "--class-map maps folder names: use it with --dataset", param_hint="--class-map"
+        )
     mapping = _parse_class_map(class_map)
     from defectloop.app import open_database
 
@@ -348,33 +374,35 @@ def train(
     try:
         from db.schema import ModelTask
         from models.data import InputSpec
-        from workers.training import train_from_folder
+        from workers.training import train_from_database, train_from_folder
 
         spec = InputSpec(
             image_size=image_size or settings.image_size,
             channels=channels or settings.image_channels,
         )
-        outcome = train_from_folder(
-            sessions=database.sessions,
-            dataset=dataset,
-            task=ModelTask(task.value),
-            architecture=arch,
-            good_class=settings.good_class,
-            defect_classes=settings.defect_classes,
-            input_spec=spec,
-            artifacts_dir=settings.artifacts_dir,
-            class_map=mapping,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            val_fraction=val_fraction,
-            patience=patience,
-            pretrained=pretrained,
-            weights=weights,
-            warm_start_version=warm_start,
-            progress=err_console.is_terminal,
-        )
+        options: dict[str, Any] = {
+            "sessions": database.sessions,
+            "task": ModelTask(task.value),
+            "architecture": arch,
+            "good_class": settings.good_class,
+            "defect_classes": settings.defect_classes,
+            "input_spec": spec,
+            "artifacts_dir": settings.artifacts_dir,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "patience": patience,
+            "pretrained": pretrained,
+            "weights": weights,
+            "warm_start_version": warm_start,
+            "progress": err_console.is_terminal,
+        }
+        if dataset is not None:
+            outcome = train_from_folder(dataset=dataset, class_map=mapping, **options)
+        else:
+            outcome = train_from_database(**options)
     finally:
         database.dispose()
     role = "champion" if outcome.is_champion else "candidate (the champion stays; compare before promoting)"

@@ -142,7 +142,10 @@ class ImageRecord:
     mask_path: Path | None = None  # defect mask (255 = defect), when one is known
 
 
-def _tile_group(stem: str) -> str:
+def file_group(stem: str) -> str:
+    """The split group of a file named ``stem`` when nothing better is known: the stem without a
+    trailing tile index (``_t03``, or ``_12`` up to three digits), so the tiles of one photo or strip
+    stay together while ``IMG_1234`` stays its own group."""
     return _TILE_SUFFIX.sub("", stem) or stem
 
 
@@ -217,14 +220,14 @@ def scan_image_folder(
             mask: Path | None = None
             if row is None:
                 unlisted += bool(rows)
-                group = _tile_group(file.stem)
+                group = file_group(file.stem)
             elif is_synth:
                 group = rel
             elif has_strip and row.get("strip"):
                 fabric = row.get("fabric") or ""
                 group = f"{fabric}/{row['strip']}" if fabric else row["strip"]
             else:
-                group = _tile_group(file.stem)
+                group = file_group(file.stem)
             if row is not None and row.get("mask_path"):
                 mask = root / row["mask_path"]
             elif row is not None and has_strip and (root / "masks" / file.name).is_file():

@@ -12,6 +12,7 @@ SQLite every transaction takes the write lock that the camera watcher and the wo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -36,7 +37,16 @@ from models.comparison import (
     stored_threshold,
     tune_threshold,
 )
-from models.data import DEFECTIVE, ImageDataset, ImageRecord, InputSpec, Task, group_split, task_labels
+from models.data import (
+    DEFECTIVE,
+    ImageDataset,
+    ImageRecord,
+    InputSpec,
+    Task,
+    file_group,
+    group_split,
+    task_labels,
+)
 from models.errors import ModelError
 from models.registry import get_spec
 from models.train import (
@@ -142,6 +152,162 @@ def train_from_folder(
     """
     model_task = _TASKS[ModelTask(task)]
     dataset = Path(dataset).expanduser().resolve()
+    _check_request(architecture, input_spec, val_fraction)
+    kept, labels, class_names = _task_records(dataset, model_task, good_class, defect_classes, class_map)
+    _check_class_sizes(str(dataset), model_task, labels, class_names)
+    snapshot: dict[str, Any] = {
+        "dataset": str(dataset),
+        "dataset_sha256": dataset_fingerprint(kept, dataset),
+        "class_map": dict(class_map or {}),
+    }
+    return _train_and_register(
+        sessions=sessions,
+        where=str(dataset),
+        kept=kept,
+        labels=labels,
+        class_names=class_names,
+        snapshot=snapshot,
+        task=task,
+        architecture=architecture,
+        input_spec=input_spec,
+        artifacts_dir=artifacts_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        val_fraction=val_fraction,
+        patience=patience,
+        pretrained=pretrained,
+        weights=weights,
+        warm_start_version=warm_start_version,
+        threads=threads,
+        progress=progress,
+        actor=actor,
+    )
+
+
+DATABASE = "database"  # the snapshot's ``dataset`` of a version trained on the database's labels
+
+
+def train_from_database(
+    *,
+    sessions: sessionmaker[Session],
+    task: ModelTask,
+    architecture: str,
+    good_class: str,
+    defect_classes: Sequence[str],
+    input_spec: InputSpec,
+    artifacts_dir: Path,
+    epochs: int = 15,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    patience: int = 4,
+    pretrained: bool = False,
+    weights: Path | None = None,
+    warm_start_version: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    actor: str = "cli",
+) -> TrainOutcome:
+    """Train ``architecture`` for ``task`` on every image the database holds a current label for
+    (Label Studio annotations and imports: ``repo.list_labelled_images``) and register the result.
+
+    Groups for the split: the image's source and its file name without a tile index, so tiles of one
+    photo stay on one side. An image whose file is gone, or whose label is not one of the configured
+    classes (the classes changed since it was labelled), is left out and counted in the snapshot with
+    a warning. The snapshot's fingerprint is over the (image sha256, label) pairs: the same labels, the
+    same fingerprint. Otherwise as ``train_from_folder`` (same checks, run row, errors).
+    """
+    model_task = _TASKS[ModelTask(task)]
+    _check_request(architecture, input_spec, val_fraction)
+    with sessions() as session:
+        rows = [
+            (image.id, image.path, image.sha256, image.source_id, label)
+            for image, label in repo.list_labelled_images(session=session)
+        ]
+    known = {good_class, DEFECTIVE, *defect_classes}
+    records: list[ImageRecord] = []
+    digests: list[tuple[str, str]] = []
+    missing: list[int] = []
+    unknown: Counter[str] = Counter()
+    for image_id, path, sha256, source_id, label in rows:
+        if label not in known:
+            unknown[label] += 1
+        elif not Path(path).is_file():
+            missing.append(image_id)
+        else:
+            group = f"source-{source_id}/{file_group(Path(path).stem)}"
+            records.append(ImageRecord(path=Path(path), label=label, group=group, image_id=image_id))
+            digests.append((sha256 or f"path:{path}", label))
+    if unknown:
+        logger.warning(
+            "left out %d labelled image(s) whose label is not a configured class: %s",
+            sum(unknown.values()),
+            dict(sorted(unknown.items())),
+        )
+    if missing:
+        logger.warning(
+            "left out %d labelled image(s) whose file is gone (first ids: %s)", len(missing), missing[:10]
+        )
+    where = "the database's labelled images"
+    if not records:
+        raise DatasetError(
+            f"{where}: none to train on ({len(rows)} labelled, {len(missing)} with their file gone, "
+            f"{sum(unknown.values())} with an unknown label); import a labelled folder (`defectloop import "
+            "DIR`) or label images in Label Studio first"
+        )
+    try:
+        kept, labels, class_names = task_labels(
+            records, model_task, good_class=good_class, defect_classes=tuple(defect_classes)
+        )
+    except ValueError as exc:
+        raise DatasetError(f"cannot label {where} for the {model_task} task: {exc}") from exc
+    if not kept:
+        raise DatasetError(
+            f"{where} include no defect-type label ({', '.join(defect_classes)}): the multiclass task "
+            f"trains on typed defects only, and the labels are {label_counts(records)}"
+        )
+    _check_class_sizes(where, model_task, labels, class_names)
+    kept_ids = {r.image_id for r in kept}
+    fingerprint = hashlib.sha256()
+    for sha256, label in sorted(d for d, r in zip(digests, records, strict=True) if r.image_id in kept_ids):
+        fingerprint.update(f"{sha256}\t{label}\n".encode())
+    snapshot: dict[str, Any] = {
+        "dataset": DATABASE,
+        "dataset_sha256": fingerprint.hexdigest(),
+        "labelled_images": len(rows),
+        "left_out_missing_file": len(missing),
+        "left_out_unknown_label": dict(sorted(unknown.items())),
+    }
+    return _train_and_register(
+        sessions=sessions,
+        where=where,
+        kept=kept,
+        labels=labels,
+        class_names=class_names,
+        snapshot=snapshot,
+        task=task,
+        architecture=architecture,
+        input_spec=input_spec,
+        artifacts_dir=artifacts_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        val_fraction=val_fraction,
+        patience=patience,
+        pretrained=pretrained,
+        weights=weights,
+        warm_start_version=warm_start_version,
+        threads=threads,
+        progress=progress,
+        actor=actor,
+    )
+
+
+def _check_request(architecture: str, input_spec: InputSpec, val_fraction: float) -> None:
     spec = get_spec(architecture)  # UnknownArchitectureError naming the valid ones
     if input_spec.image_size < spec.min_input_size:
         raise DatasetError(
@@ -150,12 +316,38 @@ def train_from_folder(
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
 
-    kept, labels, class_names = _task_records(dataset, model_task, good_class, defect_classes, class_map)
-    _check_class_sizes(dataset, model_task, labels, class_names)
+
+def _train_and_register(
+    *,
+    sessions: sessionmaker[Session],
+    where: str,
+    kept: Sequence[ImageRecord],
+    labels: Sequence[int],
+    class_names: tuple[str, ...],
+    snapshot: dict[str, Any],
+    task: ModelTask,
+    architecture: str,
+    input_spec: InputSpec,
+    artifacts_dir: Path,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    val_fraction: float,
+    patience: int,
+    pretrained: bool,
+    weights: Path | None,
+    warm_start_version: str | None,
+    threads: int | None,
+    progress: bool,
+    actor: str,
+) -> TrainOutcome:
+    """Split ``kept`` by group, train, register; the part both sources of labels share."""
+    model_task = _TASKS[ModelTask(task)]
     try:
         train_idx, val_idx = group_split(kept, labels, val_fraction=val_fraction, seed=seed)
     except ValueError as exc:
-        raise DatasetError(f"cannot split {dataset} into training and validation: {exc}") from exc
+        raise DatasetError(f"cannot split {where} into training and validation: {exc}") from exc
     train_labels = [labels[i] for i in train_idx]
     val_labels = [labels[i] for i in val_idx]
 
@@ -182,11 +374,8 @@ def train_from_folder(
     except ValueError as exc:
         raise DatasetError(f"invalid training settings: {exc}") from exc
 
-    fingerprint = dataset_fingerprint(kept, dataset)
-    snapshot: dict[str, Any] = {
-        "dataset": str(dataset),
-        "dataset_sha256": fingerprint,
-        "class_map": dict(class_map or {}),
+    snapshot = {
+        **snapshot,
         "n_images": len(kept),
         "n_train": len(train_idx),
         "n_val": len(val_idx),
@@ -202,7 +391,7 @@ def train_from_folder(
         run_id,
         model_task,
         architecture,
-        dataset,
+        where,
         len(train_idx),
         len(val_idx),
     )
@@ -313,7 +502,7 @@ def _task_records(
     return kept, labels, class_names
 
 
-def _check_class_sizes(dataset: Path, task: Task, labels: Sequence[int], class_names: Sequence[str]) -> None:
+def _check_class_sizes(dataset: str, task: Task, labels: Sequence[int], class_names: Sequence[str]) -> None:
     counts = Counter(labels)
     present = {class_names[c]: n for c, n in sorted(counts.items())}
     too_few = sorted(name for name, n in present.items() if n < _MIN_IMAGES_PER_CLASS)

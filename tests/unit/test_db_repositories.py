@@ -399,6 +399,45 @@ def test_imported_labels_without_label_studio_id_are_deduplicated(db_session: Se
     )
 
 
+def test_labelled_images_are_those_with_a_current_label_oldest_first(db_session: Session) -> None:
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    relabelled, deleted, cancelled, unlabelled = (new_image(db_session, f"{n}.png") for n in "abcd")
+
+    def label(image_id: int, value: str | None, ls_id: int, hours: int, **extra: object) -> None:
+        repo.record_annotation(
+            session=db_session,
+            image_id=image_id,
+            label=value,
+            annotator="a",
+            ls_annotation_id=ls_id,
+            annotated_at=at + timedelta(hours=hours),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    label(relabelled.id, "hole", 1, 0)
+    label(relabelled.id, "ok", 2, 1)  # a second annotator's later answer wins
+    label(deleted.id, "raw_edge", 3, 0)
+    repo.mark_annotation_deleted(session=db_session, ls_annotation_id=3)
+    label(cancelled.id, "broken_stitch", 4, 0)
+    label(cancelled.id, None, 5, 1, was_cancelled=True)  # a skip does not unlabel the image
+    bad, _ = repo.quarantine_file(
+        session=db_session,
+        path="/mnt/cam1/bad.png",
+        reason="truncated: x",
+        source_id=relabelled.source_id,
+        sha256=sha_of("bad.png"),
+    )
+    label(bad.id, "hole", 6, 0)
+    rows = repo.list_labelled_images(session=db_session)
+    assert [(image.id, value) for image, value in rows] == [
+        (relabelled.id, "ok"),
+        (cancelled.id, "broken_stitch"),
+    ]
+    assert unlabelled.id not in {image.id for image, _ in rows}
+    for image, value in rows:
+        assert repo.current_label(session=db_session, image_id=image.id) == value
+
+
 def test_current_label_skips_deleted_and_cancelled_annotations(db_session: Session) -> None:
     image = new_image(db_session)
     at = datetime(2030, 1, 1, tzinfo=UTC)

@@ -23,7 +23,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
 from db.migrate import upgrade
-from db.schema import ModelEvaluation, ModelStatus, ModelTask, ModelVersion, TrainingRun, TrainingRunStatus
+from db.schema import (
+    Image,
+    ModelEvaluation,
+    ModelStatus,
+    ModelTask,
+    ModelVersion,
+    TrainingRun,
+    TrainingRunStatus,
+)
 from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
@@ -31,7 +39,8 @@ from models.data import InputSpec
 from models.errors import CheckpointIntegrityError, ModelError, UnknownArchitectureError
 from models.train import file_sha256
 from workers.errors import DatasetError, IncompatibleVersionError
-from workers.training import TrainOutcome, evaluate_on_folder, train_from_folder
+from workers.importing import import_folder
+from workers.training import TrainOutcome, evaluate_on_folder, train_from_database, train_from_folder
 
 DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
 GOOD, DEFECTS = DEFAULT_CLASSES[0], DEFAULT_CLASSES[1:]
@@ -296,7 +305,9 @@ def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
         assert at.threshold == threshold
         assert sum(row[1] for row in at.evaluation.confusion) == called_defective
         with sessions() as session:
-            assert session.get(ModelEvaluation, at.evaluation_id).metrics["decision_threshold"] == threshold
+            recorded = session.get(ModelEvaluation, at.evaluation_id)
+            assert recorded is not None
+            assert recorded.metrics["decision_threshold"] == threshold
 
     data = bytearray(trained.artifact_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -310,6 +321,80 @@ def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
             defect_classes=DEFECTS,
         )
     assert _count(sessions, ModelEvaluation) == 3
+
+
+# --- training on the database's labels -----------------------------------------------------------------
+
+
+def _label(sessions: sessionmaker[Session], path: Path, label: str, ls_id: int) -> None:
+    """An annotator's label (as the webhook records it) for the image at ``path``."""
+    with sessions.begin() as session:
+        image = session.scalars(select(Image).where(Image.path == str(path))).one()
+        repo.record_annotation(
+            session=session, image_id=image.id, label=label, annotator="ann@factory", ls_annotation_id=ls_id
+        )
+
+
+def test_training_on_the_database_uses_the_current_labels_and_leaves_out_what_it_cannot_use(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(DatasetError, match="none to train on"):
+        train_from_database(
+            sessions=sessions,
+            task=ModelTask.BINARY,
+            architecture="baseline_cnn",
+            good_class=GOOD,
+            defect_classes=DEFECTS,
+            input_spec=SPEC,
+            artifacts_dir=tmp_path / "artifacts",
+        )
+    assert _count(sessions, TrainingRun) == 0
+
+    folder = Path(shutil.copytree(binary_folder, tmp_path / "images"))
+    import_folder(sessions=sessions, root=folder, known_labels=(GOOD, "defective", *DEFECTS))
+    oks, holes = sorted((folder / "ok").iterdir()), sorted((folder / "hole").iterdir())
+    _label(sessions, oks[0], "hole", 1)  # an annotator overrides an imported label: 7 ok, 9 hole
+    _label(sessions, oks[1], "stain", 2)  # a label the deployment no longer knows: left out
+    holes[0].unlink()  # the file is gone: left out
+
+    def train_db(**overrides: Any) -> TrainOutcome:
+        kwargs: dict[str, Any] = {
+            "sessions": sessions,
+            "task": ModelTask.BINARY,
+            "architecture": "baseline_cnn",
+            "good_class": GOOD,
+            "defect_classes": DEFECTS,
+            "input_spec": SPEC,
+            "artifacts_dir": tmp_path / "artifacts",
+            "epochs": 1,
+            "batch_size": 8,
+            "val_fraction": 0.25,
+            "threads": 1,
+        }
+        return train_from_database(**(kwargs | overrides))
+
+    first = train_db()
+    assert first.is_champion
+    assert first.n_train + first.n_val == 14  # 16 - the unknown label - the missing file
+    with sessions() as session:
+        snapshot = repo.get_model_version(session=session, version_id=first.version_id).training_snapshot
+    assert snapshot is not None
+    assert snapshot["dataset"] == "database"
+    assert snapshot["labels"] == {"hole": 8, "ok": 6}
+    assert (snapshot["left_out_missing_file"], snapshot["left_out_unknown_label"]) == (1, {"stain": 1})
+    assert snapshot["labelled_images"] == 16
+
+    again = train_db(seed=1)
+    _label(sessions, oks[2], "hole", 3)
+    relabelled = train_db()
+    with sessions() as session:
+        same, changed = (
+            repo.get_model_version(session=session, version_id=outcome.version_id).training_snapshot or {}
+            for outcome in (again, relabelled)
+        )
+    assert same["dataset_sha256"] == snapshot["dataset_sha256"], "the same labels: the same fingerprint"
+    assert changed["dataset_sha256"] != snapshot["dataset_sha256"]
+    assert changed["labels"] == {"hole": 9, "ok": 5}
 
 
 # --- the console script ----------------------------------------------------------------------------
@@ -368,3 +453,19 @@ def test_train_evaluate_and_import_from_the_command_line(binary_folder: Path, tm
         assert text in evaluated.stdout, text
     assert "16" in evaluated.stdout
     assert re.search(r"defective at p >= \d\.\d{3}", evaluated.stdout), evaluated.stdout
+
+    # The same labels, now in the database (the import above): a second version trained on them.
+    both = _run_cli("train", "--dataset", str(dataset), "--from-database", "--task", "binary",
+                    "--arch", "baseline_cnn", data_dir=data_dir)  # fmt: skip
+    neither = _run_cli("train", "--task", "binary", "--arch", "baseline_cnn", data_dir=data_dir)
+    for refused in (both, neither):
+        assert refused.returncode == 2
+        assert "--from-database" in refused.stderr
+    from_db = _run_cli(
+        "train", "--from-database", "--task", "binary", "--arch", "baseline_cnn", "--epochs", "1",
+        "--batch-size", "8", "--image-size", "32", "--channels", "1", "--val-fraction", "0.25",
+        data_dir=data_dir,
+    )  # fmt: skip
+    assert from_db.returncode == 0, from_db.stderr
+    assert "registered binary-baseline_cnn-0002 as candidate" in from_db.stdout
+    assert "trained on 12 images, validated on 4" in from_db.stdout
