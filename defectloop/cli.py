@@ -157,7 +157,15 @@ def status(ctx: typer.Context) -> None:
             quarantine.add_row(reason, str(count))
         console.print(quarantine)
     for task, champion in champions.items():
-        console.print(f"champion {task}: {champion.name if champion else '(none yet)'}")
+        if champion is None:
+            console.print(f"champion {task}: (none yet)")
+            continue
+        call = ""
+        if task is ModelTask.BINARY:
+            from models.comparison import stored_threshold
+
+            call = f" (defective at p >= {stored_threshold(champion.metrics):.3f})"
+        console.print(f"champion {task}: {champion.name}{call}", highlight=False)
 
 
 @db_app.command("upgrade")

@@ -445,6 +445,10 @@ def test_train_evaluate_and_import_from_the_command_line(binary_folder: Path, tm
     assert "macro-F1" in trained.stdout
     assert re.search(r"decision threshold \d\.\d{3}, tuned on validation", trained.stdout), trained.stdout
     assert (data_dir / "artifacts" / "binary-baseline_cnn-0001.pt").is_file()
+    status = _run_cli("status", data_dir=data_dir)
+    assert re.search(
+        r"champion binary: binary-baseline_cnn-0001 \(defective at p >= \d\.\d{3}\)", status.stdout
+    )
 
     evaluated = _run_cli("evaluate", "binary-baseline_cnn-0001", "--dataset", str(dataset),
                          "--class-map", "defect=defective", data_dir=data_dir)  # fmt: skip
