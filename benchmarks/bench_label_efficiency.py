@@ -5,9 +5,11 @@ class) of a model trained on the whole labelled pool, against random sampling (t
 strategy needs at most 40 % of the labels random needs), with learning curves and defects found.
 
 Protocol (every number of it is in the JSON's ``config``):
-- One fixed validation set of whole fabric/strip groups (``group_split``, seed ``--split-seed``, 20 %,
-  stratified so it holds defects); the other tiles are the pool. The same split serves every strategy
-  and seed; seeds vary the seed set, the initial weights, augmentation and random picks.
+- Cross-validation by strip (default, ``--folds 4``): ``models.data.group_kfold`` deals the
+  fabric/strip groups into K stratified folds; each fold is the validation set once and the other
+  folds are its pool, so every tile is scored exactly once. A run is one (fold, seed); seeds vary the
+  seed set, the initial weights, augmentation and random picks. ``--folds 1`` is the older protocol:
+  one 20 % split (``group_split``) with the seeds repeated on it.
 - ``improved_cnn`` from scratch (no pretrained weights, nothing downloaded), grayscale at
   ``--image-size`` px, AdamW + cosine, class-weighted cross-entropy, flips/rotations.
 - A stratified seed set (the first of ``--sizes``, with ``--seed-defects`` defects), then rounds that
@@ -15,23 +17,31 @@ Protocol (every number of it is in the JSON's ``config``):
   rise over the first hundred labels). Each round warm-starts from the previous round's weights (new
   optimiser) and trains ``--epochs-per-round`` epochs, at least ``--min-steps`` steps; batch-norm
   statistics are then recomputed on the labelled set. The model of the last epoch is scored (no early
-  stopping, so the validation set never picks weights). Round 0 is shared by the strategies of a seed.
+  stopping, so the validation set never picks weights). Round 0 is shared by the strategies of a run.
 - Pool scoring goes through ``models.infer.Predictor`` (the system's inference path; MC-dropout with
   ``--mc-passes`` passes for BALD) and picks through ``models.selection.select``.
 - Strategies: random, entropy, bald, hybrid (entropy top-5k, then k-center over embeddings). For two
   classes margin and least confidence rank exactly like entropy (all are monotone in |p - 0.5|); the
   entropy arm records how many of its picks margin and least confidence would have made too.
-- Reference: the same recipe from scratch on the whole pool for ``--reference-epochs`` epochs, one run
-  per seed; F1_full is their mean. A random arm that has not reached 95 % of it at the budget goes on
-  with larger rounds (``--random-extension``) until it does, so its figure is measured, not bounded.
-- Metrics: defect-class F1 at the best threshold on validation (headline; tuned on the same set, so
-  optimistic for every arm alike), F1 at 0.5 and AUC, each with its own labels-to-95 %.
-  "Labels to reach" interpolates linearly between the two rounds around the first crossing.
+- Reference: the same recipe from scratch on the whole pool for ``--reference-epochs`` epochs, one per
+  run. Random goes on past the budget in larger rounds (``--random-extension``, 600 ... 1300 labels)
+  so that its reach is measured, not bounded (with CV every extension round runs).
+- Metrics: defect-class F1 at the best threshold on validation (headline), F1 at 0.5 and AUC. Every
+  row keeps the validation tiles' p(defect), so the headline curves are cross-validated: at each
+  labelled-set size the K folds' validation predictions are pooled (all the data set's defects, not
+  one split's few dozen) and scored together, and the reference is pooled the same way; seeds are
+  averaged. Read off the pooled curves: "first reaches" (the first crossing of 95 % of the reference,
+  interpolated between rounds) and "stays above" (the size from which every later point is above: a
+  noisy curve can cross once by chance). A strategy's curve ends at the budget, so its "stays above"
+  at the budget rests on that last point alone; random's goes on to 1300. Per-run figures (each run
+  against its own fold's reference) are reported beside them.
 
-Run (from the repository root): ``.venv/bin/python benchmarks/bench_label_efficiency.py`` (about 40
-minutes on 2 shared cores), ``--quick`` for a 1-2 minute smoke run (written to /tmp, no docs row),
-``--probe-sizes 48 64 96`` to train only the full-pool reference at several sizes (the size question).
-Writes benchmarks/results/label_efficiency.json, label_efficiency.png and a row of docs/benchmarks.md.
+Run (from the repository root): ``.venv/bin/python benchmarks/bench_label_efficiency.py`` (about 60
+minutes a seed on 2 cores), ``--seeds 1 --out OTHER.json`` for another seed, then ``--merge A.json
+B.json`` to summarise the seeds together (no training); ``--quick`` for a 4-minute smoke run (written
+to /tmp, no docs row), ``--probe-sizes 48 64 96`` to train only the full-pool reference at several
+sizes. Writes benchmarks/results/label_efficiency.json, label_efficiency.png and a row of
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -82,7 +92,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from models.data import BINARY_CLASSES, ImageDataset, InputSpec, class_weights
+from models.data import BINARY_CLASSES, ImageDataset, InputSpec, class_weights, group_kfold
 from models.infer import Predictor
 from models.registry import create_model
 from models.selection import select
@@ -151,6 +161,7 @@ class Bench:
     val: IntArray
     recipe: Recipe
     threads: int
+    fold: int = 0
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -263,9 +274,15 @@ def predict(
     )
 
 
-def evaluate(model: nn.Module, bench: Bench) -> dict[str, float]:
+def evaluate(model: nn.Module, bench: Bench) -> dict[str, Any]:
+    """Validation metrics, with the defect probability of every validation tile (``val_p``, in
+    ``bench.val`` order, 4 decimals) so that cross-validation can pool the folds' predictions."""
     probs, _, _ = predict(predictor(model, bench), bench, bench.val)
-    return binary_metrics(bench.labels[bench.val], probs[:, 1])
+    p_defect = probs[:, 1]
+    return {
+        **binary_metrics(bench.labels[bench.val], p_defect),
+        "val_p": [round(float(v), 4) for v in p_defect],
+    }
 
 
 # --- selection ------------------------------------------------------------------------------------
@@ -344,7 +361,11 @@ def run_arm(
     bar_step: Callable[[str], None],
     reach_target: float | None,
 ) -> list[dict[str, Any]]:
-    """One strategy's learning curve for one seed, from the shared round 0 (model, labels, row)."""
+    """One strategy's learning curve for one run, from the shared round 0 (model, labels, row).
+
+    Random goes on past the budget (``random_extension``) until its headline reaches ``reach_target``;
+    with ``reach_target=None`` it runs every extension round (cross-validation judges the reach on the
+    pooled curve, which needs every fold at every size)."""
     recipe = bench.recipe
     model = copy.deepcopy(start[0])
     labelled = start[1]
@@ -354,7 +375,7 @@ def run_arm(
     extension = list(schedule.random_extension) if strategy == "random" else []
     for r, size in enumerate(sizes + extension, start=1):
         if r > len(sizes):  # random beyond the budget: only until it reaches the bar
-            if reach_target is None or labels_to_reach(rows, HEADLINE, reach_target) is not None:
+            if reach_target is not None and labels_to_reach(rows, HEADLINE, reach_target) is not None:
                 break
             size = min(size, len(bench.pool))
             if size <= len(labelled):
@@ -421,9 +442,13 @@ def run_reference(seed: int, bench: Bench, bar_step: Callable[[str], None]) -> d
     model = new_model(seed)
     history: list[dict[str, float]] = []
 
+    val_p: list[float] = []
+
     def after_epoch(epoch: int) -> None:
-        history.append({"epoch": epoch, **evaluate(model, bench)})
-        bar_step(f"reference s{seed} epoch {epoch}: F1 {history[-1][HEADLINE]:.2f}")
+        metrics = evaluate(model, bench)
+        val_p[:] = metrics.pop("val_p")  # kept for the last epoch only
+        history.append({"epoch": epoch, **metrics})
+        bar_step(f"reference f{bench.fold} s{seed} epoch {epoch}: F1 {history[-1][HEADLINE]:.2f}")
 
     trained = fit(
         model,
@@ -434,11 +459,15 @@ def run_reference(seed: int, bench: Bench, bar_step: Callable[[str], None]) -> d
         seed=seed * 1000 + 999,
         after_epoch=after_epoch,
     )
-    final = history[-1] if history else {"epoch": 0, **evaluate(model, bench)}
+    if not history:
+        after_epoch(0)
+    final = history[-1]
     return {
         "seed": seed,
+        "fold": bench.fold,
         "labels": len(bench.pool),
         **{k: v for k, v in final.items() if k != "epoch"},
+        "val_p": val_p,
         "seconds": trained["seconds"],
         "seconds_per_epoch": trained["seconds"] / max(trained["epochs"], 1),
         "history": history,
@@ -490,15 +519,23 @@ def summarise(
     arms: dict[str, dict[int, list[dict[str, Any]]]],
     f1_full: dict[str, dict[str, Any]],
     schedule: Schedule,
+    run_full: dict[int, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
+    """Per-run reach and ratios. Each run's bar is 95 % of ``run_full[run]`` where given (a fold's own
+    full-pool model: folds differ in difficulty), else of the mean full-pool value."""
     sizes = list(schedule.sizes)
     per_strategy: dict[str, Any] = {}
     for strategy, per_seed in arms.items():
         entry: dict[str, Any] = {"reach": {}, "at_budget": {}}
         for metric in METRICS:
-            target = REACH * f1_full[metric]["mean"]
-            reach = {seed: labels_to_reach(rows, metric, target) for seed, rows in per_seed.items()}
+            mean_target = REACH * f1_full[metric]["mean"]
+            targets = {
+                run: REACH * run_full[run][metric] if run_full is not None else mean_target
+                for run in per_seed
+            }
+            reach = {seed: labels_to_reach(rows, metric, targets[seed]) for seed, rows in per_seed.items()}
             last = {seed: rows[-1]["labels"] for seed, rows in per_seed.items()}
+            target = mean_target
             entry["reach"][metric] = {
                 "target": target,
                 "per_seed": reach,
@@ -507,7 +544,7 @@ def summarise(
                 "all_seeds_reached": all(v is not None for v in reach.values()),
                 "mean_curve": labels_to_reach(mean_curve(per_seed, sizes), metric, target),
                 "sustained_per_seed": {
-                    s: labels_to_stay(rows, metric, target) for s, rows in per_seed.items()
+                    s: labels_to_stay(rows, metric, targets[s]) for s, rows in per_seed.items()
                 },
             }
             entry["reach"][metric]["sustained_stats"] = mean_std(
@@ -590,19 +627,129 @@ def sustained_ratio(per_strategy: dict[str, Any], metric: str) -> dict[str, Any]
     return {"best_strategy": best, "ratio": ratio, "target_met": ratio <= TARGET_RATIO, "status": "measured"}
 
 
+def pooled_summary(
+    result: dict[str, Any], arms: dict[str, dict[int, list[dict[str, Any]]]]
+) -> dict[str, Any]:
+    """Cross-validated curves: at each labelled-set size, the validation predictions of the K folds'
+    models pooled (every tile is validation exactly once, so all the dataset's defects are scored
+    instead of one split's few dozen), metrics on the pool, then averaged over seeds. The full-pool
+    reference is pooled the same way. Reach and ratios are read off these curves."""
+    runs = result["runs"]
+    folds = result["config"]["folds"]
+    references = {r["run"]: r for r in result["reference"]["per_run"]}
+    labels = {r["run"]: r["val_labels"] for r in runs}
+
+    def pool(probs: dict[int, Sequence[float]]) -> dict[str, float]:
+        """Metrics over the runs' validation tiles together (``probs``: run -> its val_p)."""
+        y = np.concatenate([labels[i] for i in probs])
+        return binary_metrics(y, np.concatenate([probs[i] for i in probs]))
+
+    full_per_seed: list[dict[str, float]] = []
+    curves_per_seed: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in arms}
+    complete_seeds = []
+    for seed in sorted({r["seed"] for r in runs}):
+        ids = [r["run"] for r in runs if r["seed"] == seed]
+        if len(ids) != folds or any(i not in references or i not in arms[s] for s in arms for i in ids):
+            continue  # an unfinished seed (a run stopped early): left out of the pooled figures
+        complete_seeds.append(seed)
+        full_per_seed.append(pool({i: references[i]["val_p"] for i in ids}))
+        for strategy, per_run in arms.items():
+            by_size = {i: {row["labels"]: row for row in per_run[i]} for i in ids}
+            common = sorted(set.intersection(*(set(b) for b in by_size.values())))
+            curve = []
+            for size in common:
+                point: dict[str, Any] = {"labels": size}
+                point.update(pool({i: b[size]["val_p"] for i, b in by_size.items()}))
+                point["defects_found"] = float(np.mean([b[size]["defects_found"] for b in by_size.values()]))
+                curve.append(point)
+            curves_per_seed[strategy].append(curve)
+    if not complete_seeds:
+        return {"status": "no seed finished every fold"}
+
+    def average(points: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+        sizes = sorted(set.intersection(*({p["labels"] for p in c} for c in points)))
+        out = []
+        for size in sizes:
+            at = [next(p for p in c if p["labels"] == size) for c in points]
+            out.append(
+                {
+                    "labels": size,
+                    **{k: float(np.mean([p[k] for p in at])) for k in (*METRICS, "defects_found")},
+                }
+            )
+        return out
+
+    full = {m: float(np.mean([f[m] for f in full_per_seed])) for m in METRICS}
+    curves = {s: average(c) for s, c in curves_per_seed.items()}
+    reach = {
+        s: {
+            m: {
+                "first": labels_to_reach(curve, m, REACH * full[m]),
+                "sustained": labels_to_stay(curve, m, REACH * full[m]),
+            }
+            for m in METRICS
+        }
+        for s, curve in curves.items()
+    }
+    ratios: dict[str, Any] = {}
+    for metric in METRICS:
+        ratios[metric] = {}
+        for kind in ("first", "sustained"):
+            random_reach = reach["random"][metric][kind]
+            others = {
+                s: reach[s][metric][kind]
+                for s in curves
+                if s != "random" and reach[s][metric][kind] is not None
+            }
+            if not others:
+                ratios[metric][kind] = {"status": "no strategy reached the bar", "target_met": False}
+                continue
+            best = min(others, key=lambda s: others[s] or math.inf)
+            labels_best = float(others[best] or math.inf)
+            if random_reach is None:
+                bound = labels_best / max(p["labels"] for p in curves["random"])
+                ratios[metric][kind] = {
+                    "best_strategy": best,
+                    "labels": others[best],
+                    "ratio_upper_bound": bound,
+                    "target_met": bound <= TARGET_RATIO,
+                    "status": "bound (random did not reach the bar)",
+                }
+                continue
+            ratio = labels_best / random_reach
+            ratios[metric][kind] = {
+                "best_strategy": best,
+                "labels": others[best],
+                "random_labels": random_reach,
+                "ratio": ratio,
+                "target_met": ratio <= TARGET_RATIO,
+                "status": "measured",
+            }
+    return {
+        "status": "measured",
+        "seeds": complete_seeds,
+        "folds": folds,
+        "full": full,
+        "curves": curves,
+        "reach": reach,
+        "ratios": ratios,
+    }
+
+
 # --- plot -----------------------------------------------------------------------------------------
 
 _COLOURS = {"random": "#555555", "entropy": "#1f77b4", "bald": "#d62728", "hybrid": "#2ca02c"}
 
 
 def plot(
-    arms: dict[str, dict[int, list[dict[str, Any]]]],
-    f1_full: dict[str, dict[str, Any]],
-    schedule: Schedule,
-    pool_defects: int,
+    curves: dict[str, list[dict[str, Any]]],
+    full: dict[str, float],
+    budget: int,
+    pool_defects: float,
     path: Path,
     title: str,
 ) -> None:
+    """Learning curves (a ``<key>_std`` in the points draws a band), the full-pool value and its bar."""
     panels = (
         ("f1_best", "defect F1, best threshold"),
         ("f1_05", "defect F1, threshold 0.5"),
@@ -611,22 +758,20 @@ def plot(
     )
     fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.5))
     for ax, (key, label) in zip(axes.flat, panels, strict=True):
-        for strategy, per_seed in arms.items():
-            sizes = sorted({r["labels"] for rows in per_seed.values() for r in rows})
-            curve = mean_curve(per_seed, sizes)
+        for strategy, curve in curves.items():
             xs = np.array([p["labels"] for p in curve])
             ys = np.array([p[key] for p in curve], dtype=float)
-            sd = np.array([p[f"{key}_std"] for p in curve], dtype=float)
             colour = _COLOURS.get(strategy)
             ax.plot(xs, ys, marker="o", ms=3, label=strategy, color=colour)
-            ax.fill_between(xs, ys - sd, ys + sd, alpha=0.15, color=colour)
-        if key in f1_full:
-            full = f1_full[key]["mean"]
-            ax.axhline(full, color="black", lw=1, label="full pool")
-            ax.axhline(REACH * full, color="black", lw=1, ls="--", label="95 % of full pool")
+            if curve and f"{key}_std" in curve[0]:
+                sd = np.array([p[f"{key}_std"] for p in curve], dtype=float)
+                ax.fill_between(xs, ys - sd, ys + sd, alpha=0.15, color=colour)
+        if key in full:
+            ax.axhline(full[key], color="black", lw=1, label="full pool")
+            ax.axhline(REACH * full[key], color="black", lw=1, ls="--", label="95 % of full pool")
         if key == "defects_found":
             ax.axhline(pool_defects, color="black", lw=1, ls=":", label="defects in the pool")
-        ax.axvline(schedule.budget, color="grey", lw=0.8, ls=":")
+        ax.axvline(budget, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("labels")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -646,7 +791,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 1 seed, 20->120 labels, 2 reference epochs"
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=4,
+        help="cross-validation by strip: K folds, each the validation set once, predictions pooled "
+        "(default 4; 1 = one split of --val-fraction, seeds repeated on it)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds per fold (default 0; with --folds 1: 0 1 2)")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument(
@@ -681,11 +833,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="no training: recompute summary, plot and docs row from an earlier run's JSON",
     )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="no training: one result from runs of the same protocol with other seeds (e.g. two "
+        "machines or two sessions), summarised together into --out",
+    )
     p.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md row")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.folds < 1:
+        p.error("--folds must be at least 1")
+    if args.seeds is None:
+        args.seeds = [0] if args.folds > 1 else [0, 1, 2]
     if args.quick:
         args.seeds = args.seeds[:1]
+        args.folds = min(args.folds, 2)
         args.sizes, args.random_extension = [20, 40, 80, 120], []
         args.reference_epochs, args.epochs_per_round, args.min_steps = 2, 1, 6
         args.max_candidates, args.mc_passes = 400, 4
@@ -693,12 +858,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_bench(args: argparse.Namespace, image_size: int) -> tuple[Bench, dict[str, Any]]:
+def load_benches(args: argparse.Namespace, image_size: int) -> tuple[list[Bench], dict[str, Any]]:
+    """One bench per fold (``--folds 1``: the single split), sharing the decoded tiles."""
     root = require_dataset()
     tiles = load_tiles(root)
     spec = InputSpec(image_size=image_size, channels=1)
     dataset = decoded_dataset(tiles.records, tiles.labels.tolist(), spec, description="decode tiles")
-    pool, val = split_by_strip(tiles, seed=args.split_seed, val_fraction=args.val_fraction)
+    if args.folds > 1:
+        splits = [
+            (np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64))
+            for train, val in group_kfold(
+                tiles.records, tiles.labels.tolist(), n_splits=args.folds, seed=args.split_seed
+            )
+        ]
+    else:
+        splits = [split_by_strip(tiles, seed=args.split_seed, val_fraction=args.val_fraction)]
     recipe = Recipe(
         image_size=image_size,
         epochs_per_round=args.epochs_per_round,
@@ -710,34 +884,47 @@ def load_bench(args: argparse.Namespace, image_size: int) -> tuple[Bench, dict[s
         mc_passes=args.mc_passes,
         hybrid_pool_factor=5.0,
     )
-    bench = Bench(
-        images=stack_images(dataset),
-        augmented=dataset.with_augment(True),
-        labels=tiles.labels,
-        pool=pool,
-        val=val,
-        recipe=recipe,
-        threads=args.threads,
-    )
-    inputs = {
-        "dataset": tiles.summary(),
-        "split": {
+    images, augmented = stack_images(dataset), dataset.with_augment(True)
+    benches = [
+        Bench(
+            images=images,
+            augmented=augmented,
+            labels=tiles.labels,
+            pool=pool,
+            val=val,
+            recipe=recipe,
+            threads=args.threads,
+            fold=fold,
+        )
+        for fold, (pool, val) in enumerate(splits)
+    ]
+    per_fold = [split_summary(tiles, pool, val) for pool, val in splits]
+    if args.folds > 1:
+        split: dict[str, Any] = {
+            "method": f"models.data.group_kfold on fabric/strip groups, {args.folds} folds stratified; "
+            "each tile is validation once; the same folds for all strategies and seeds",
+            "seed": args.split_seed,
+            "folds": args.folds,
+            "per_fold": per_fold,
+        }
+    else:
+        split = {
             "method": "models.data.group_split on fabric/strip groups, stratified; one split for all "
             "strategies and seeds",
             "seed": args.split_seed,
             "val_fraction": args.val_fraction,
-            **split_summary(tiles, pool, val),
-        },
-        "input_spec": spec.to_dict(),
-    }
-    return bench, inputs
+            **per_fold[0],
+        }
+    inputs = {"dataset": tiles.summary(), "split": split, "input_spec": spec.to_dict()}
+    return benches, inputs
 
 
 def probe_sizes(args: argparse.Namespace, started: float) -> None:
     out = args.out or RESULTS_DIR / f"{NAME}_sizes.json"
     results: dict[str, Any] = {"benchmark": f"{NAME}_sizes", "command": command_line(), "sizes": {}}
     for size in args.probe_sizes:
-        bench, inputs = load_bench(args, size)
+        benches, inputs = load_benches(args, size)
+        bench = benches[0]
         with progress_bar() as bar:
             task = bar.add_task(
                 f"reference {size} px", total=len(args.seeds) * args.reference_epochs, info=""
@@ -778,6 +965,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.from_json:
         return refinish(args.from_json, no_docs=args.no_docs)
+    if args.merge:
+        return merge(args.merge, args.out or RESULTS_DIR / f"{NAME}.json", no_docs=args.no_docs)
     if args.probe_sizes:
         probe_sizes(args, started)
         return 0
@@ -785,33 +974,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.strategies = ["random", *args.strategies]
     default_out = Path("/tmp/defectloop-bench") if args.quick else RESULTS_DIR
     out = args.out or default_out / f"{NAME}.json"
-    bench, inputs = load_bench(args, args.image_size)
+    benches, inputs = load_benches(args, args.image_size)
+    cv = args.folds > 1
     schedule = Schedule(
         sizes=tuple(args.sizes),
         seed_defects=args.seed_defects,
         random_extension=tuple(args.random_extension),
         max_candidates=args.max_candidates or None,
     )
+    runs = [
+        {"run": i, "fold": b.fold, "seed": s}
+        for i, (b, s) in enumerate((b, s) for b in benches for s in args.seeds)
+    ]
     machine = machine_info(args.threads)
     config = {
         "architecture": ARCH,
         "weights": "from scratch (pretrained=False, nothing downloaded)",
-        "recipe": asdict(bench.recipe),
+        "recipe": asdict(benches[0].recipe),
         "schedule": asdict(schedule),
         "strategies": args.strategies,
+        "folds": args.folds,
         "seeds": args.seeds,
         "headline_metric": HEADLINE,
         "reach_fraction": REACH,
         "notes": [
             "warm start: each round continues from the previous round's weights with a new AdamW and "
-            "cosine schedule; round 0 (seed set) is trained once per seed and shared by all strategies",
+            "cosine schedule; round 0 (seed set) is trained once per run and shared by all strategies",
             "the last epoch's model is scored; validation is never used to select weights",
-            "f1_best uses the threshold that maximises F1 on the validation set itself (optimistic)",
+            "f1_best uses the threshold that maximises F1 on the validation set itself (optimistic; "
+            "less so when the folds' predictions are pooled)",
             "margin and least_confidence rank binary probabilities exactly like entropy; the entropy "
             "arm records the overlap of their picks",
             "pool scoring via models.infer.Predictor (channels_last backend; MC-dropout for BALD)",
-            "random arm continues past the budget with rounds at random_extension sizes only until "
-            "its headline F1 reaches 95% of F1_full",
+            (
+                "cross-validation: each fold's runs train on the other folds' tiles and score their own; "
+                "the headline curves pool the K folds' validation predictions at each labelled-set size; "
+                "random runs every random_extension round"
+                if cv
+                else "random arm continues past the budget with rounds at random_extension sizes only "
+                "until its headline F1 reaches 95% of F1_full"
+            ),
         ],
     }
     result: dict[str, Any] = {
@@ -823,72 +1025,118 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inputs": inputs,
         "config": config,
         "machine": machine,
+        "runs": [
+            {**run, "val_labels": benches[run["fold"]].labels[benches[run["fold"]].val].tolist()}
+            for run in runs
+        ],
     }
     sizes = list(schedule.sizes)
-    total = len(args.seeds) * (args.reference_epochs + len(args.strategies) * (len(sizes) - 1) + 1)
+    total = len(runs) * (args.reference_epochs + len(args.strategies) * (len(sizes) - 1) + 1)
     arms: dict[str, dict[int, list[dict[str, Any]]]] = {s: {} for s in args.strategies}
+    references: dict[int, dict[str, Any]] = {}
+    result["reference"] = {"per_run": []}
     with progress_bar() as bar:
         task = bar.add_task(NAME, total=total, info="")
 
         def step(info: str) -> None:
             bar.update(task, advance=1, info=info)
 
-        references = [run_reference(seed, bench, step) for seed in args.seeds]
-        f1_full = {m: mean_std([r[m] for r in references]) for m in METRICS}
-        result["reference"] = {"per_seed": references, "f1_full": f1_full}
-        console.print(
-            f"full pool ({len(bench.pool)} labels): F1 best {fmt_mean_std(f1_full['f1_best'])}, "
-            f"F1@0.5 {fmt_mean_std(f1_full['f1_05'])}, AUC {fmt_mean_std(f1_full['auc'])}"
-        )
-        write_json(out, result)
-        target = REACH * f1_full[HEADLINE]["mean"]
-        for seed in args.seeds:
+        def reference(run: dict[str, Any]) -> dict[str, Any]:
+            ref = run_reference(run["seed"], benches[run["fold"]], step)
+            references[run["run"]] = {**ref, "run": run["run"]}
+            result["reference"]["per_run"] = list(references.values())
+            write_json(out, result)
+            return ref
+
+        target: float | None = None
+        if not cv:  # one split: random's extension stops at the mean reference's bar
+            for run in runs:
+                reference(run)
+            target = REACH * float(np.mean([r[HEADLINE] for r in references.values()]))
+        for run in runs:
+            i, fold, seed = run["run"], run["fold"], run["seed"]
+            bench = benches[fold]
+            ref = references[i] if i in references else reference(run)
+            console.print(
+                f"fold {fold} seed {seed}: full pool ({len(bench.pool)} labels) "
+                f"F1 best {ref['f1_best']:.3f}, F1@0.5 {ref['f1_05']:.3f}, AUC {ref['auc']:.3f}"
+            )
             start = first_round(seed, bench, schedule)
-            step(f"round 0 s{seed}: F1 {start[2][HEADLINE]:.2f}")
+            step(f"round 0 f{fold} s{seed}: F1 {start[2][HEADLINE]:.2f}")
             for strategy in args.strategies:
-                arms[strategy][seed] = run_arm(strategy, seed, bench, schedule, start, step, target)
-                last = arms[strategy][seed][-1]
+                arms[strategy][i] = run_arm(strategy, seed, bench, schedule, start, step, target)
+                last = arms[strategy][i][-1]
                 console.print(
-                    f"seed {seed} {strategy:8s}: {last['labels']} labels, {last['defects_found']} defects, "
-                    f"F1 best {last['f1_best']:.3f}, F1@0.5 {last['f1_05']:.3f}, AUC {last['auc']:.3f}"
+                    f"fold {fold} seed {seed} {strategy:8s}: {last['labels']} labels, "
+                    f"{last['defects_found']} defects, F1 best {last['f1_best']:.3f}, "
+                    f"F1@0.5 {last['f1_05']:.3f}, AUC {last['auc']:.3f}"
                 )
                 result["arms"] = arms
                 result["wall_seconds"] = time.perf_counter() - started
                 write_json(out, result)
 
     result["wall_seconds"] = time.perf_counter() - started
-    finish(result, arms, f1_full, schedule, out, no_docs=args.no_docs)
+    finish(result, arms, schedule, out, no_docs=args.no_docs)
     return 0
 
 
 def finish(
     result: dict[str, Any],
     arms: dict[str, dict[int, list[dict[str, Any]]]],
-    f1_full: dict[str, dict[str, Any]],
     schedule: Schedule,
     out: Path,
     *,
     no_docs: bool,
 ) -> None:
-    """Summary, plot, JSON, table and docs row from the measured curves."""
-    summary = summarise(arms, f1_full, schedule)
-    result.update(summary=summary, complete=True)
-    inputs, config = result["inputs"], result["config"]
-    pool, seeds = inputs["split"]["train_or_pool"], config["seeds"]
+    """Summary, plot, JSON, table and docs row from the measured curves (of the runs that finished
+    every strategy: a stopped run's JSON can still be summarised)."""
+    references = {r["run"]: r for r in result["reference"]["per_run"]}
+    done = sorted(set(references).intersection(*(set(per) for per in arms.values())))
+    if not done:
+        raise SystemExit("no run finished every strategy: nothing to summarise")
+    arms = {s: {i: per[i] for i in done} for s, per in arms.items()}
+    f1_full = {m: mean_std([references[i][m] for i in done]) for m in METRICS}
+    result["reference"]["f1_full"] = f1_full
+    config, inputs = result["config"], result["inputs"]
+    cv = config.get("folds", 1) > 1
+    run_full = {i: {m: references[i][m] for m in METRICS} for i in done} if cv else None
+    summary = summarise(arms, f1_full, schedule, run_full)
+    if cv:
+        summary["pooled"] = pooled_summary(result, arms)
+    result.update(summary=summary, complete=len(done) == len(result["runs"]), runs_summarised=done)
     size = inputs["input_spec"]["image_size"]
-    title = (
-        f"{ARCH} from scratch, {size} px, AITEX tiles (pool {pool['tiles']}, {pool['defect']} defects; "
-        f"val {inputs['split']['val']['tiles']}); mean ± std over {len(seeds)} seed(s)"
-    )
+    split = inputs["split"]
+    if cv and summary["pooled"]["status"] == "measured":
+        pooled = summary["pooled"]
+        curves, full = pooled["curves"], pooled["full"]
+        pool_defects = float(np.mean([f["train_or_pool"]["defect"] for f in split["per_fold"]]))
+        title = (
+            f"{ARCH} from scratch, {size} px, AITEX tiles, {config['folds']}-fold CV by strip "
+            f"(pool ~{pool_defects:.0f} defects per fold): validation predictions of the folds pooled, "
+            f"{len(pooled['seeds'])} seed(s)"
+        )
+    else:
+        curves = {
+            s: mean_curve(per, sorted({r["labels"] for rows in per.values() for r in rows}))
+            for s, per in arms.items()
+        }
+        full = {m: f1_full[m]["mean"] for m in METRICS}
+        pool_defects = float(split["train_or_pool"]["defect"]) if "train_or_pool" in split else math.nan
+        pool_tiles = split.get("train_or_pool", {}).get("tiles")
+        title = (
+            f"{ARCH} from scratch, {size} px, AITEX tiles (pool {pool_tiles}, "
+            f"{pool_defects:.0f} defects); mean ± std over {len(done)} run(s)"
+        )
     plot_path = out.with_suffix(".png")
-    plot(arms, f1_full, schedule, pool["defect"], plot_path, title)
+    plot(curves, full, schedule.budget, pool_defects, plot_path, title)
     result["plot"] = relative(plot_path)
     write_json(out, result)
-    headline = report(summary, f1_full, len(seeds), schedule.budget)
+    headline = report(summary, f1_full, len(done), schedule.budget)
     if not no_docs:
+        protocol = f"{config['folds']}-fold CV by strip, pooled" if cv else f"{len(done)} seeds"
         write_docs_row(
             f"label efficiency: AL strategies vs random, {ARCH} from scratch {size} px, "
-            f"{len(seeds)} seeds, {schedule.seed_labels}->{schedule.budget} labels",
+            f"{protocol}, {schedule.seed_labels}->{schedule.budget} labels",
             headline,
             SCRIPT,
         )
@@ -900,7 +1148,14 @@ def refinish(path: Path, *, no_docs: bool) -> int:
     result = json.loads(path.read_text(encoding="utf-8"))
     if "arms" not in result or "reference" not in result:
         raise SystemExit(f"{path} holds no finished arms to summarise")
-    arms = {s: {int(seed): rows for seed, rows in per.items()} for s, per in result["arms"].items()}
+    if "per_run" not in result["reference"]:  # written before runs had ids: one split, keyed by seed
+        result["reference"]["per_run"] = [{**r, "run": r["seed"]} for r in result["reference"]["per_seed"]]
+        result["config"].setdefault("folds", 1)
+        result.setdefault(
+            "runs",
+            [{"run": r["seed"], "fold": 0, "seed": r["seed"]} for r in result["reference"]["per_seed"]],
+        )
+    arms = {s: {int(run): rows for run, rows in per.items()} for s, per in result["arms"].items()}
     sched = result["config"]["schedule"]
     schedule = Schedule(
         sizes=tuple(sched["sizes"]),
@@ -909,13 +1164,66 @@ def refinish(path: Path, *, no_docs: bool) -> int:
         max_candidates=sched["max_candidates"],
     )
     result["summarised_by"] = command_line()
-    finish(result, arms, result["reference"]["f1_full"], schedule, path, no_docs=no_docs)
+    finish(result, arms, schedule, path, no_docs=no_docs)
+    return 0
+
+
+# What must agree for two results to be one measurement (everything but the seeds).
+_SAME_PROTOCOL = (
+    "architecture",
+    "recipe",
+    "schedule",
+    "strategies",
+    "folds",
+    "headline_metric",
+    "reach_fraction",
+)
+
+
+def merge(paths: Sequence[Path], out: Path, *, no_docs: bool) -> int:
+    """Merge results of one protocol measured with different seeds into ``out`` and summarise them."""
+    parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
+    first = parts[0]
+    for path, part in zip(paths, parts, strict=True):
+        if "runs" not in part or "arms" not in part:
+            raise SystemExit(f"{path} is not a result of this benchmark with run ids (re-run it)")
+        differs = [k for k in _SAME_PROTOCOL if part["config"].get(k) != first["config"].get(k)]
+        if differs or part["inputs"]["split"] != first["inputs"]["split"]:
+            raise SystemExit(f"{path} measured another protocol ({', '.join(differs) or 'split'} differ)")
+    seen = [(run["fold"], run["seed"]) for part in parts for run in part["runs"]]
+    if len(seen) != len(set(seen)):
+        raise SystemExit("the results share a (fold, seed) run: merge results of different seeds")
+    merged = {k: v for k, v in first.items() if k not in ("runs", "arms", "reference", "summary")}
+    merged.update(runs=[], arms={s: {} for s in first["arms"]}, reference={"per_run": []})
+    merged["config"] = {**first["config"], "seeds": sorted({seed for _, seed in seen})}
+    merged["merged_from"] = [
+        {"path": relative(Path(p)), "command": part["command"]} for p, part in zip(paths, parts, strict=True)
+    ]
+    merged["command"] = command_line()
+    merged["wall_seconds"] = sum(part.get("wall_seconds", 0.0) for part in parts)
+    for part in parts:
+        offset = len(merged["runs"])
+        for run in part["runs"]:
+            merged["runs"].append({**run, "run": run["run"] + offset})
+        for ref in part["reference"]["per_run"]:
+            merged["reference"]["per_run"].append({**ref, "run": ref["run"] + offset})
+        for strategy, per_run in part["arms"].items():
+            for run_id, rows in per_run.items():
+                merged["arms"][strategy][int(run_id) + offset] = rows
+    sched = merged["config"]["schedule"]
+    schedule = Schedule(
+        sizes=tuple(sched["sizes"]),
+        seed_defects=sched["seed_defects"],
+        random_extension=tuple(sched["random_extension"]),
+        max_candidates=sched["max_candidates"],
+    )
+    finish(merged, merged["arms"], schedule, out, no_docs=no_docs)
     return 0
 
 
 def report(summary: dict[str, Any], f1_full: dict[str, dict[str, Any]], n_seeds: int, budget: int) -> str:
     """Print the table; return the one-line headline for the docs."""
-    table = Table(title=f"labels to reach 95% of full-pool value (mean ± std over {n_seeds} seeds)")
+    table = Table(title=f"labels to reach 95% of full-pool value (mean ± std over {n_seeds} runs)")
     table.add_column("strategy")
     for metric in METRICS:
         table.add_column(f"to 95% {metric}")
@@ -978,8 +1286,50 @@ def report(summary: dict[str, Any], f1_full: dict[str, dict[str, Any]], n_seeds:
     if most is not None and summary["strategies"][most]["defects_vs_random_at_budget"]:
         factor = summary["strategies"][most]["defects_vs_random_at_budget"]
         text += f"; defects labelled at {budget}: {most} {factor:.1f}x random"
+    pooled = summary.get("pooled")
+    if pooled is not None and pooled.get("status") == "measured":
+        text = f"{report_pooled(pooled)}; per fold, each against its own bar: {text}"
     console.print(text)
     return text
+
+
+def report_pooled(pooled: dict[str, Any]) -> str:
+    """Print the cross-validated (pooled) table; return its part of the headline."""
+    full = pooled["full"]
+    table = Table(
+        title=f"{pooled['folds']}-fold CV, validation predictions pooled: labels to reach 95% of the "
+        f"full-pool value (F1 best {full['f1_best']:.3f}, F1@0.5 {full['f1_05']:.3f}, AUC {full['auc']:.3f})"
+    )
+    table.add_column("strategy")
+    for metric in METRICS:
+        table.add_column(f"{metric}: first / stays")
+    for strategy, reach in pooled["reach"].items():
+
+        def cell(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f}"
+
+        table.add_row(
+            strategy, *(f"{cell(reach[m]['first'])} / {cell(reach[m]['sustained'])}" for m in METRICS)
+        )
+    console.print(table)
+    parts = []
+    for metric, label in ((HEADLINE, f"F1 (best thr; full pool {full[HEADLINE]:.2f})"), ("auc", "AUC")):
+        for kind, words in (("first", "first reaches"), ("sustained", "stays above")):
+            r = pooled["ratios"][metric][kind]
+            if r["status"] == "measured":
+                verdict = "met" if r["target_met"] else "NOT met"
+                parts.append(
+                    f"{label} {words} 95%: {r['best_strategy']} {r['labels']:.0f} vs random "
+                    f"{r['random_labels']:.0f} labels, ratio {r['ratio']:.2f} ({verdict})"
+                )
+            elif "ratio_upper_bound" in r:
+                parts.append(
+                    f"{label} {words} 95%: {r['best_strategy']} {r['labels']:.0f} labels, random never: "
+                    f"ratio < {r['ratio_upper_bound']:.2f}"
+                )
+            else:
+                parts.append(f"{label} {words} 95%: {r['status']}")
+    return f"CV pooled ({pooled['folds']} folds): " + "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -327,10 +328,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# An array of numbers (or nulls) only: written on one line, so per-image scores stay readable and small.
+_NUMBER = r"(?:-?\d[\d.eE+-]*|null)"
+_NUMBER_ARRAY = re.compile(rf"\[\s*({_NUMBER}(?:,\s*{_NUMBER})*)\s*\]")
+
+
+def _one_line(match: re.Match[str]) -> str:
+    return "[" + re.sub(r",\s*", ", ", match.group(1)) + "]"
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
+    """Write ``data`` as indented JSON to ``path`` atomically (temporary file, then rename); arrays of
+    numbers go on one line each."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_plain(data), indent=2, allow_nan=False) + "\n"
+    text = _NUMBER_ARRAY.sub(_one_line, json.dumps(_plain(data), indent=2, allow_nan=False)) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
