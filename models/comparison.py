@@ -380,7 +380,9 @@ def tune_threshold(y_true: ArrayLike, p_positive: ArrayLike) -> ThresholdChoice:
     f1 = _f1_counts(tp, called - tp, positives - tp)
     lowest = scores[last_of_run]
     below = np.append(lowest[1:], 0.0)
-    cuts = np.where(lowest > below, (lowest + below) / 2.0, lowest)
+    middle = (lowest + below) / 2.0
+    # Midway, unless the two scores are too close for a float between them (5e-324 and 0): then the score.
+    cuts = np.where(middle > below, middle, lowest)
     best = np.flatnonzero(f1 >= f1.max() - 1e-12)
     i = int(best[np.argmin(np.abs(cuts[best] - DEFAULT_THRESHOLD))])
     threshold = float(cuts[i])

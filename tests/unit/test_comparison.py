@@ -415,6 +415,9 @@ def test_threshold_ties_go_to_the_cut_nearest_one_half() -> None:
     assert tune_threshold([0, 1], [0.2, 0.8]).threshold == pytest.approx(0.5)
     # Tied scores are one cut: both are called positive or neither.
     assert tune_threshold([0, 1], [0.9, 0.9]).threshold == pytest.approx(0.45)
+    # Two scores with no float between them (found by hypothesis): the cut is the score itself.
+    tiny = tune_threshold([1, 0], [5e-324, 0.0])
+    assert (tiny.threshold, tiny.f1) == (5e-324, 1.0)
 
 
 def test_threshold_refuses_what_cannot_be_tuned() -> None:
