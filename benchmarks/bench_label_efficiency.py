@@ -108,6 +108,7 @@ REACH = 0.95
 DEFAULT_SIZES = (20, 30, 40, 60, 80, 110, 150, 200, 260, 330, 400)
 TARGET_RATIO = 0.40
 PREDICT_BATCH = 256
+VAL_P_KEY = "val_p_per_mille"  # p(defect) of the validation tiles, as stored in a finished result
 BN_IMAGES = 1024
 
 
@@ -639,10 +640,10 @@ def pooled_summary(
     references = {r["run"]: r for r in result["reference"]["per_run"]}
     labels = {r["run"]: r["val_labels"] for r in runs}
 
-    def pool(probs: dict[int, Sequence[float]]) -> dict[str, float]:
-        """Metrics over the runs' validation tiles together (``probs``: run -> its val_p)."""
+    def pool(probs: dict[int, Sequence[int]]) -> dict[str, float]:
+        """Metrics over the runs' validation tiles together (``probs``: run -> p(defect) in thousandths)."""
         y = np.concatenate([labels[i] for i in probs])
-        return binary_metrics(y, np.concatenate([probs[i] for i in probs]))
+        return binary_metrics(y, np.concatenate([probs[i] for i in probs]) / 1000.0)
 
     full_per_seed: list[dict[str, float]] = []
     curves_per_seed: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in arms}
@@ -652,14 +653,14 @@ def pooled_summary(
         if len(ids) != folds or any(i not in references or i not in arms[s] for s in arms for i in ids):
             continue  # an unfinished seed (a run stopped early): left out of the pooled figures
         complete_seeds.append(seed)
-        full_per_seed.append(pool({i: references[i]["val_p"] for i in ids}))
+        full_per_seed.append(pool({i: references[i][VAL_P_KEY] for i in ids}))
         for strategy, per_run in arms.items():
             by_size = {i: {row["labels"]: row for row in per_run[i]} for i in ids}
             common = sorted(set.intersection(*(set(b) for b in by_size.values())))
             curve = []
             for size in common:
                 point: dict[str, Any] = {"labels": size}
-                point.update(pool({i: b[size]["val_p"] for i, b in by_size.items()}))
+                point.update(pool({i: b[size][VAL_P_KEY] for i, b in by_size.items()}))
                 point["defects_found"] = float(np.mean([b[size]["defects_found"] for b in by_size.values()]))
                 curve.append(point)
             curves_per_seed[strategy].append(curve)
@@ -1090,6 +1091,12 @@ def finish(
 ) -> None:
     """Summary, plot, JSON, table and docs row from the measured curves (of the runs that finished
     every strategy: a stopped run's JSON can still be summarised)."""
+    # p(defect) of the validation tiles is stored in thousandths (the JSON of two seeds stays well under
+    # 2 MB); the pooled figures are computed from what is stored, so a re-summary gives the same numbers.
+    for rows in [*(rows for per in arms.values() for rows in per.values()), result["reference"]["per_run"]]:
+        for row in rows:
+            if "val_p" in row:
+                row[VAL_P_KEY] = [round(float(v) * 1000) for v in row.pop("val_p")]
     references = {r["run"]: r for r in result["reference"]["per_run"]}
     done = sorted(set(references).intersection(*(set(per) for per in arms.values())))
     if not done:
