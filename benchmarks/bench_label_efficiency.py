@@ -1204,7 +1204,9 @@ def merge(paths: Sequence[Path], out: Path, *, no_docs: bool) -> int:
     merged.update(runs=[], arms={s: {} for s in first["arms"]}, reference={"per_run": []})
     merged["config"] = {**first["config"], "seeds": sorted({seed for _, seed in seen})}
     merged["merged_from"] = [
-        {"path": relative(Path(p)), "command": part["command"]} for p, part in zip(paths, parts, strict=True)
+        entry
+        for path, part in zip(paths, parts, strict=True)
+        for entry in part.get("merged_from") or [{"path": relative(Path(path)), "command": part["command"]}]
     ]
     merged["command"] = command_line()
     merged["wall_seconds"] = sum(part.get("wall_seconds", 0.0) for part in parts)
