@@ -1140,7 +1140,10 @@ def finish(
     write_json(out, result)
     headline = report(summary, f1_full, len(done), schedule.budget)
     if not no_docs:
-        protocol = f"{config['folds']}-fold CV by strip, pooled" if cv else f"{len(done)} seeds"
+        seeds = len({run["seed"] for run in result["runs"] if run["run"] in done})
+        protocol = (
+            f"{config['folds']}-fold CV by strip x {seeds} seed(s), pooled" if cv else f"{len(done)} seeds"
+        )
         write_docs_row(
             f"label efficiency: AL strategies vs random, {ARCH} from scratch {size} px, "
             f"{protocol}, {schedule.seed_labels}->{schedule.budget} labels",
