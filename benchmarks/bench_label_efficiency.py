@@ -142,6 +142,16 @@ class Schedule:
         if not 0 < self.seed_defects < self.sizes[0]:
             raise SystemExit(f"--seed-defects must lie in 1..{self.sizes[0] - 1}, got {self.seed_defects}")
 
+    @classmethod
+    def from_config(cls, sched: dict[str, Any]) -> Schedule:
+        """The schedule as a result's ``config["schedule"]`` records it."""
+        return cls(
+            sizes=tuple(sched["sizes"]),
+            seed_defects=sched["seed_defects"],
+            random_extension=tuple(sched["random_extension"]),
+            max_candidates=sched["max_candidates"],
+        )
+
     @property
     def seed_labels(self) -> int:
         return self.sizes[0]
@@ -1166,13 +1176,7 @@ def refinish(path: Path, *, no_docs: bool) -> int:
             [{"run": r["seed"], "fold": 0, "seed": r["seed"]} for r in result["reference"]["per_seed"]],
         )
     arms = {s: {int(run): rows for run, rows in per.items()} for s, per in result["arms"].items()}
-    sched = result["config"]["schedule"]
-    schedule = Schedule(
-        sizes=tuple(sched["sizes"]),
-        seed_defects=sched["seed_defects"],
-        random_extension=tuple(sched["random_extension"]),
-        max_candidates=sched["max_candidates"],
-    )
+    schedule = Schedule.from_config(result["config"]["schedule"])
     result["summarised_by"] = command_line()
     finish(result, arms, schedule, path, no_docs=no_docs)
     return 0
@@ -1222,13 +1226,7 @@ def merge(paths: Sequence[Path], out: Path, *, no_docs: bool) -> int:
         for strategy, per_run in part["arms"].items():
             for run_id, rows in per_run.items():
                 merged["arms"][strategy][int(run_id) + offset] = rows
-    sched = merged["config"]["schedule"]
-    schedule = Schedule(
-        sizes=tuple(sched["sizes"]),
-        seed_defects=sched["seed_defects"],
-        random_extension=tuple(sched["random_extension"]),
-        max_candidates=sched["max_candidates"],
-    )
+    schedule = Schedule.from_config(merged["config"]["schedule"])
     finish(merged, merged["arms"], schedule, out, no_docs=no_docs)
     return 0
 

@@ -266,16 +266,14 @@ _ClassMapOption = Annotated[
         help="Label of a class folder named otherwise, e.g. defect=defective; repeat for more folders.",
     ),
 ]
-_DatasetOption = Annotated[
-    Path,
-    typer.Option(
-        "--dataset",
-        exists=True,
-        file_okay=False,
-        dir_okay=True,
-        help="Labelled folder: one sub-folder per class (ImageFolder layout).",
-    ),
-]
+_DATASET = typer.Option(
+    "--dataset",
+    exists=True,
+    file_okay=False,
+    dir_okay=True,
+    help="Labelled folder: one sub-folder per class (ImageFolder layout).",
+)
+_DatasetOption = Annotated[Path, _DATASET]
 
 
 def _print_evaluation(evaluation: Evaluation, title: str) -> None:
@@ -314,16 +312,7 @@ def train(
     arch: Annotated[
         str, typer.Option(help="Architecture: baseline_cnn, improved_cnn, efficientnet_b0, resnet18.")
     ],
-    dataset: Annotated[
-        Path | None,
-        typer.Option(
-            "--dataset",
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
-            help="Labelled folder: one sub-folder per class (ImageFolder layout).",
-        ),
-    ] = None,
+    dataset: Annotated[Path | None, _DATASET] = None,
     from_database: Annotated[
         bool,
         typer.Option(
