@@ -1101,8 +1101,9 @@ def finish(
 ) -> None:
     """Summary, plot, JSON, table and docs row from the measured curves (of the runs that finished
     every strategy: a stopped run's JSON can still be summarised)."""
-    # p(defect) of the validation tiles is stored in thousandths (the JSON of two seeds stays well under
-    # 2 MB); the pooled figures are computed from what is stored, so a re-summary gives the same numbers.
+    # p(defect) of the validation tiles is stored in thousandths (with write_json's compact long arrays,
+    # the JSON of three seeds stays under 2 MB); the pooled figures are computed from what is stored, so a
+    # re-summary gives the same numbers.
     for rows in [*(rows for per in arms.values() for rows in per.values()), result["reference"]["per_run"]]:
         for row in rows:
             if "val_p" in row:

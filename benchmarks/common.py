@@ -330,11 +330,14 @@ def _plain(value: Any) -> Any:
 
 # An array of numbers (or nulls) only: written on one line, so per-image scores stay readable and small.
 _NUMBER = r"(?:-?\d[\d.eE+-]*|null)"
+_SPACED_UP_TO = 32  # arrays up to this long keep ", " between numbers, for people reading them
 _NUMBER_ARRAY = re.compile(rf"\[\s*({_NUMBER}(?:,\s*{_NUMBER})*)\s*\]")
 
 
 def _one_line(match: re.Match[str]) -> str:
-    return "[" + re.sub(r",\s*", ", ", match.group(1)) + "]"
+    numbers = re.split(r",\s*", match.group(1))
+    # Long arrays (per-tile predictions) drop the space: a third of their bytes in a multi-seed result.
+    return "[" + ("," if len(numbers) > _SPACED_UP_TO else ", ").join(numbers) + "]"
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
