@@ -303,6 +303,30 @@ def set_image_status(
     return moved
 
 
+def requeue_predicted_images(*, session: Session) -> list[int]:
+    """Move every ``predicted`` image (the unlabelled pool) back to ``queued`` and return their ids.
+
+    Called in the transaction that changes a champion: the pool's predictions belong to the old
+    model, and selection ranks the current champions' predictions only. Images in Label Studio
+    (``labelling``) are re-scored by the labelling push instead. A queued image that is never
+    published is found by the sweeper.
+    """
+    now = utcnow()
+    stmt = (
+        update(Image)
+        .where(Image.status == ImageStatus.PREDICTED)
+        .values(status=ImageStatus.QUEUED, status_changed_at=now, updated_at=now)
+        .returning(Image.id)
+        .execution_options(synchronize_session=False)
+    )
+    ids = sorted(session.scalars(stmt))
+    for image_id in ids:
+        held = session.identity_map.get(session.identity_key(Image, image_id))
+        if held is not None:
+            session.expire(held)
+    return ids
+
+
 def list_images_by_ids(
     *, session: Session, image_ids: Iterable[int], statuses: Iterable[ImageStatus] | None = None
 ) -> list[Image]:
@@ -1058,8 +1082,10 @@ def finish_training_run(
     n_val: int | None = None,
     error: str | None = None,
     model_version_id: int | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> TrainingRun:
-    """Close a queued or running run as succeeded or failed (failed needs `error`).
+    """Close a queued or running run as succeeded or failed (failed needs `error`); ``details`` are
+    added to its ``params`` under ``result`` (e.g. what a whole retrain trained and decided).
 
     Raises `InvalidTransitionError` if the run is already finished or `status` is not a final one.
     """
@@ -1076,6 +1102,8 @@ def finish_training_run(
     run.error = error
     run.model_version_id = model_version_id
     run.finished_at = utcnow()
+    if details is not None:
+        run.params = {**run.params, "result": dict(details)}  # a new dict: JSON columns track assignment
     with _integrity(
         f"training run {run_id} could not be finished (does model version {model_version_id} exist?)"
     ):
@@ -1083,16 +1111,52 @@ def finish_training_run(
     return run
 
 
+def list_training_runs(
+    *,
+    session: Session,
+    architecture: str | None = None,
+    statuses: Iterable[TrainingRunStatus] | None = None,
+) -> list[TrainingRun]:
+    """Training runs, oldest first, optionally of one architecture (``all``: whole-retrain requests) and
+    in some statuses."""
+    stmt = select(TrainingRun).order_by(TrainingRun.id)
+    if architecture is not None:
+        stmt = stmt.where(TrainingRun.architecture == architecture)
+    if statuses is not None:
+        stmt = stmt.where(TrainingRun.status.in_(list(statuses)))
+    return list(session.scalars(stmt))
+
+
+def latest_training_start(*, session: Session) -> datetime | None:
+    """When the newest training run started (any architecture, any outcome), or None."""
+    return session.scalar(select(func.max(TrainingRun.started_at)))
+
+
+def count_labels_since(*, session: Session, since: datetime | None) -> int:
+    """Labels (annotations neither deleted nor cancelled) recorded after ``since`` (all when None)."""
+    stmt = (
+        select(func.count())
+        .select_from(Annotation)
+        .where(Annotation.deleted.is_(False), Annotation.was_cancelled.is_(False))
+    )
+    if since is not None:
+        stmt = stmt.where(Annotation.created_at > since)
+    return int(session.scalar(stmt) or 0)
+
+
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def create_evaluation_set(*, session: Session, name: str, task: ModelTask) -> EvaluationSet:
-    """A new, empty evaluation set; raises `IntegrityViolation` if the name is taken."""
+def create_evaluation_set(
+    *, session: Session, name: str, task: ModelTask, rule: Mapping[str, Any] | None = None
+) -> EvaluationSet:
+    """A new, empty evaluation set (with the ``rule`` that assigns images to it, if any); raises
+    `IntegrityViolation` if the name is taken."""
     if get_evaluation_set(session=session, name=name) is not None:
         raise IntegrityViolation(
             f"evaluation set {name!r} already exists; evaluation sets are frozen, add members to it instead"
         )
-    evaluation_set = EvaluationSet(name=name, task=task)
+    evaluation_set = EvaluationSet(name=name, task=task, rule=None if rule is None else dict(rule))
     session.add(evaluation_set)
     with _integrity(f"evaluation set {name!r} could not be created"):
         session.flush()
@@ -1163,6 +1227,25 @@ def record_comparison(
     with _integrity("comparison could not be recorded (do the evaluation set and model versions exist?)"):
         session.flush()
     return comparison
+
+
+def latest_comparison(*, session: Session, challenger_version_id: int) -> Comparison | None:
+    """The newest comparison in which this version was the challenger, or None."""
+    stmt = (
+        select(Comparison)
+        .where(Comparison.challenger_version_id == challenger_version_id)
+        .order_by(Comparison.created_at.desc(), Comparison.id.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def list_comparisons(*, session: Session, task: ModelTask | None = None, limit: int = 50) -> list[Comparison]:
+    """The newest comparisons first, optionally of one task."""
+    stmt = select(Comparison).order_by(Comparison.created_at.desc(), Comparison.id.desc()).limit(limit)
+    if task is not None:
+        stmt = stmt.where(Comparison.task == task)
+    return list(session.scalars(stmt))
 
 
 def record_evaluation(

@@ -384,6 +384,9 @@ class EvaluationSet(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True, nullable=False)
     task: Mapped[ModelTask] = mapped_column(_enum(ModelTask, "model_task"), nullable=False)
+    # How labelled images are assigned to the set (e.g. {"kind": "group_hash", "fraction": 0.2, "salt": ...}),
+    # fixed when the set is created, so an image's side never changes; None: explicit additions only.
+    rule: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = _created_at()
 
 

@@ -19,6 +19,7 @@ from defectloop.settings import Settings, Strategy
 from workers.celery_app import WorkerConfig, create_app
 from workers.ingest import IngestConfig
 from workers.labelling_tasks import LabellingConfig
+from workers.retraining_tasks import RetrainingConfig
 
 if TYPE_CHECKING:
     from labelling.gateway import LabelStudioGateway
@@ -71,9 +72,33 @@ def worker_config(settings: Settings, **overrides: Any) -> WorkerConfig:
         # the layers after the dropout for scores nobody reads.
         "mc_passes": settings.mc_dropout_passes if settings.strategy is Strategy.BALD else 0,
         "labelling": labelling_config(settings),
+        "retraining": retraining_config(settings),
     }
     values.update(overrides)
     return WorkerConfig(**values)
+
+
+def retraining_config(settings: Settings) -> RetrainingConfig:
+    """The retrain policy and what a requested retrain trains, from the settings."""
+    from models.comparison import PromotionPolicy
+    from workers.retrain_policy import RetrainPlan
+
+    plan = RetrainPlan(
+        architectures=settings.retrain_architectures,
+        image_size=settings.image_size,
+        channels=settings.image_channels,
+        epochs=settings.train_epochs,
+        evaluation_fraction=settings.evaluation_fraction,
+        auto_promote=settings.auto_promote,
+        policy=PromotionPolicy(
+            min_macro_f1_gain=settings.promotion_min_gain,
+            significance=settings.promotion_significance,
+            recall_floors=settings.recall_floors,
+        ),
+    )
+    return RetrainingConfig(
+        plan=plan, min_new_labels=settings.retrain_min_new_labels, interval_s=settings.retrain_interval_s
+    )
 
 
 def create_celery_app(settings: Settings, **overrides: Any) -> Any:

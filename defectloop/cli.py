@@ -522,6 +522,434 @@ def _print_import(report: ImportReport) -> None:
     console.print(f"labels: {labels}", highlight=False)
 
 
+# --- engineers: champion / challenger ---------------------------------------------------------
+
+
+def _default_actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        return "engineer"
+
+
+_ActorOption = Annotated[
+    str | None, typer.Option(help="Who acts (recorded with the reason); default: the login name.")
+]
+_ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the promotion history).")]
+
+
+def _policy(settings: Settings) -> Any:
+    from defectloop.app import retraining_config
+
+    return retraining_config(settings).plan.policy
+
+
+def _publish_rescore(settings: Settings, image_ids: list[int]) -> None:
+    """Send the pool that a champion change re-queued to the workers; if the broker is down, the
+    images wait in ``queued`` and the beat sweeper sends them later."""
+    if not image_ids:
+        return
+    from kombu.exceptions import OperationalError
+
+    from defectloop.app import create_celery_app
+    from workers.celery_app import publish_classification
+
+    celery_app = create_celery_app(settings)
+    try:
+        for start in range(0, len(image_ids), 64):
+            publish_classification(celery_app, image_ids[start : start + 64], retry=False)
+    except (OperationalError, OSError) as exc:
+        err_console.print(
+            f"[yellow]the broker is not reachable ({type(exc).__name__}); the {len(image_ids)} image(s) wait "
+            "in queued and the sweeper (defectloop beat) sends them[/]",
+            highlight=False,
+        )
+    else:
+        console.print(f"{len(image_ids)} unlabelled image(s) sent to be scored by the new champion")
+
+
+def _print_change(change: Any) -> None:
+    was = f" (was {change.previous})" if change.previous else ""
+    evidence = f", comparison {change.comparison_id}" if change.comparison_id else ""
+    console.print(
+        f"{change.action}: [bold]{change.version}[/] is the {change.task} champion{was}; recorded as "
+        f"promotion {change.promotion_id}{evidence}",
+        highlight=False,
+    )
+
+
+def _print_comparison(report: Any) -> None:
+    binary = str(report.task) == "binary"
+    table = Table(
+        title=f"{report.task}: {report.evaluation_set}, {report.n_images} images, scored in one run"
+    )
+    for column in (
+        "version",
+        "role",
+        "macro-F1",
+        "accuracy",
+        "defect recall" if binary else "min recall",
+        "ECE",
+    ):
+        table.add_column(column, justify="left" if column in ("version", "role") else "right")
+    table.add_column("decision")
+
+    def row(scored: Any, role: str, decision: str) -> None:
+        e = scored.evaluation
+        recall = (
+            e.recall_of("defective")
+            if binary
+            else min((r for r, n in zip(e.recall, e.support, strict=True) if n), default=0.0)
+        )
+        ece = "n/a" if e.ece is None else f"{e.ece:.3f}"
+        table.add_row(
+            scored.name, role, f"{e.macro_f1:.3f}", f"{e.accuracy:.3f}", f"{recall:.3f}", ece, decision
+        )
+
+    if report.champion is not None:
+        row(report.champion, "champion", "")
+    for result in report.challengers:
+        row(result.version, "challenger", "promote" if result.decision.promote else "keep")
+    console.print(table)
+    left = {k: v for k, v in report.left_out.items() if v}
+    if left:
+        console.print(f"left out of the evaluation set: {left}", highlight=False)
+    for result in report.challengers:
+        console.print(
+            f"comparison {result.comparison_id}: {result.version.name}: {escape(result.decision.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for name, why in report.skipped.items():
+        console.print(f"skipped {name}: {escape(why)}", highlight=False)
+    if report.promoted:
+        console.print(f"promoted by the policy: [bold]{report.promoted}[/]", highlight=False)
+    elif report.best is not None:
+        console.print(
+            f"the rule would promote [bold]{report.best.version.name}[/]: "
+            f"`defectloop promote {report.best.version.name} --reason ...`",
+            highlight=False,
+        )
+    else:
+        console.print("the champion stays: no challenger beat it by the policy", highlight=False)
+
+
+@app.command()
+def retrain(
+    ctx: typer.Context,
+    task: Annotated[
+        list[TaskName] | None, typer.Option(help="Task(s) to retrain; repeat for both (default both).")
+    ] = None,
+    arch: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Architecture(s); repeat for more.", show_default="DEFECTLOOP_RETRAIN_ARCHITECTURES"
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Most epochs.", show_default="DEFECTLOOP_TRAIN_EPOCHS")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the splits, initial weights and batches.")] = 0,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better val macro-F1.")] = 4,
+    compare: Annotated[
+        bool, typer.Option(help="Score champion and challengers on the frozen evaluation set afterwards.")
+    ] = True,
+    auto_promote: Annotated[
+        bool | None,
+        typer.Option(
+            help="Promote the best challenger the policy allows.", show_default="DEFECTLOOP_AUTO_PROMOTE"
+        ),
+    ] = None,
+    actor: _ActorOption = None,
+) -> None:
+    """Train challengers of every architecture on the database's labels (outside the frozen evaluation
+    sets, which this first creates or tops up), then compare them with the champions."""
+    from defectloop.app import open_database
+
+    settings = _settings(ctx)
+    database = open_database(settings)
+    who = actor or _default_actor()
+    try:
+        from db.schema import ModelTask
+        from models.data import InputSpec
+        from workers.retraining import compare_challengers, retrain_challengers
+
+        tasks = [ModelTask(t.value) for t in (task or list(TaskName))]
+        report = retrain_challengers(
+            sessions=database.sessions,
+            tasks=tasks,
+            architectures=arch or settings.retrain_architectures,
+            good_class=settings.good_class,
+            defect_classes=settings.defect_classes,
+            input_spec=InputSpec(image_size=settings.image_size, channels=settings.image_channels),
+            artifacts_dir=settings.artifacts_dir,
+            evaluation_fraction=settings.evaluation_fraction,
+            actor=who,
+            epochs=epochs or settings.train_epochs,
+            batch_size=batch_size,
+            seed=seed,
+            patience=patience,
+            progress=err_console.is_terminal,
+        )
+        evaluation = report.evaluation
+        made = "created" if evaluation.created else "kept"
+        console.print(
+            f"evaluation sets {made} (holding out {evaluation.rule.fraction:g} of photo groups): "
+            + "; ".join(
+                f"{t}: {evaluation.members[t]} images {evaluation.labels[t]} (+{evaluation.added[t]})"
+                for t in ModelTask
+            )
+            + f"; held out of training: {len(evaluation.held_out_image_ids)} of "
+            f"{evaluation.labelled_images} labelled",
+            highlight=False,
+            soft_wrap=True,
+        )
+        trained = Table(title="trained")
+        for column in ("task", "version", "role", "val macro-F1", "train / val", "best epoch"):
+            trained.add_column(column)
+        for outcome in report.trained:
+            trained.add_row(
+                str(outcome.task),
+                outcome.version_name,
+                "champion (first of its task)" if outcome.is_champion else "challenger",
+                f"{outcome.val_evaluation.macro_f1:.3f}",
+                f"{outcome.n_train} / {outcome.n_val}",
+                str(outcome.best_epoch),
+            )
+        console.print(trained)
+        for failure in report.failed:
+            err_console.print(
+                f"[yellow]{failure.task} {failure.architecture} not trained:[/] {escape(failure.error)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        changes = []
+        if compare:
+            promote = settings.auto_promote if auto_promote is None else auto_promote
+            for model_task in tasks:
+                names = [o.version_name for o in report.trained if o.task is model_task and not o.is_champion]
+                if not names:
+                    continue
+                comparison = compare_challengers(
+                    sessions=database.sessions,
+                    task=model_task,
+                    challengers=names,
+                    policy=_policy(settings),
+                    auto_promote=promote,
+                    actor=f"policy (retrain by {who})",
+                )
+                _print_comparison(comparison)
+                if comparison.change is not None:
+                    changes.append(comparison.change)
+    finally:
+        database.dispose()
+    for change in changes:
+        _print_change(change)
+        _publish_rescore(settings, change.requeued_image_ids)
+    if not report.trained:
+        raise typer.Exit(1)
+
+
+@app.command("compare")
+def compare_(
+    ctx: typer.Context,
+    task: Annotated[TaskName, typer.Argument(help="binary or multiclass.")],
+    versions: Annotated[
+        list[str] | None, typer.Argument(help="Challenger versions (default: every candidate of the task).")
+    ] = None,
+    auto_promote: Annotated[
+        bool, typer.Option(help="Promote the best challenger the policy allows.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    actor: _ActorOption = None,
+) -> None:
+    """Score the champion and challengers on the frozen evaluation set in one run; record the decisions."""
+    from defectloop.app import open_database
+
+    settings = _settings(ctx)
+    database = open_database(settings)
+    try:
+        from db.schema import ModelTask
+        from workers.retraining import compare_challengers
+
+        report = compare_challengers(
+            sessions=database.sessions,
+            task=ModelTask(task.value),
+            challengers=versions or None,
+            policy=_policy(settings),
+            auto_promote=auto_promote,
+            batch_size=batch_size,
+            actor=f"policy (compare by {actor or _default_actor()})",
+        )
+    finally:
+        database.dispose()
+    _print_comparison(report)
+    if report.change is not None:
+        _print_change(report.change)
+        _publish_rescore(settings, report.change.requeued_image_ids)
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Model version name, e.g. binary-resnet18-0003.")],
+    reason: _ReasonOption,
+    override: Annotated[
+        bool, typer.Option(help="Promote although no comparison supports it (say why in --reason).")
+    ] = False,
+    actor: _ActorOption = None,
+) -> None:
+    """Make a version the champion of its task; its comparison with the champion must say promote."""
+    from defectloop.app import open_database
+
+    settings = _settings(ctx)
+    database = open_database(settings)
+    try:
+        from workers.retraining import promote_version
+
+        change = promote_version(
+            sessions=database.sessions,
+            version_name=version,
+            actor=actor or _default_actor(),
+            reason=reason,
+            override=override,
+        )
+    finally:
+        database.dispose()
+    _print_change(change)
+    _publish_rescore(settings, change.requeued_image_ids)
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Model version name.")],
+    reason: _ReasonOption,
+    actor: _ActorOption = None,
+) -> None:
+    """Reject a challenger (or a retired champion) for good, with a reason."""
+    from defectloop.app import open_database
+
+    database = open_database(_settings(ctx))
+    try:
+        from workers.retraining import reject_version
+
+        change = reject_version(
+            sessions=database.sessions, version_name=version, actor=actor or _default_actor(), reason=reason
+        )
+    finally:
+        database.dispose()
+    console.print(f"rejected {change.version}; recorded as promotion {change.promotion_id}", highlight=False)
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    task: Annotated[TaskName, typer.Argument(help="binary or multiclass.")],
+    reason: _ReasonOption,
+    to: Annotated[
+        str | None, typer.Option(metavar="VERSION", help="A retired champion (default: the previous one).")
+    ] = None,
+    actor: _ActorOption = None,
+) -> None:
+    """Return a task to its previous champion (or to an earlier one), with a reason."""
+    from defectloop.app import open_database
+
+    settings = _settings(ctx)
+    database = open_database(settings)
+    try:
+        from db.schema import ModelTask
+        from workers.retraining import rollback_champion
+
+        change = rollback_champion(
+            sessions=database.sessions,
+            task=ModelTask(task.value),
+            actor=actor or _default_actor(),
+            reason=reason,
+            to_version=to,
+        )
+    finally:
+        database.dispose()
+    _print_change(change)
+    _publish_rescore(settings, change.requeued_image_ids)
+
+
+class StatusName(StrEnum):
+    CANDIDATE = "candidate"
+    CHAMPION = "champion"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+
+
+@app.command()
+def versions(
+    ctx: typer.Context,
+    task: Annotated[TaskName | None, typer.Option(help="Only this task.")] = None,
+    status: Annotated[StatusName | None, typer.Option(help="Only versions in this status.")] = None,
+    history: Annotated[int, typer.Option(min=0, help="Rows of promotion history to show.")] = 10,
+) -> None:
+    """Model versions with their validation figures, and the promotion history."""
+    from db import repositories as repo
+    from db.schema import ModelStatus, ModelTask
+    from defectloop.app import open_database
+    from models.comparison import stored_threshold
+
+    database = open_database(_settings(ctx))
+    model_task = None if task is None else ModelTask(task.value)
+    try:
+        with database.sessions() as session:
+            rows = repo.list_model_versions(
+                session=session, task=model_task, status=None if status is None else ModelStatus(status.value)
+            )
+            names = {v.id: v.name for v in repo.list_model_versions(session=session)}
+            table = Table(title="model versions")
+            for column in (
+                "version",
+                "status",
+                "arch",
+                "input",
+                "val macro-F1",
+                "threshold",
+                "parent",
+                "created",
+            ):
+                table.add_column(column)
+            for v in rows:
+                macro = v.metrics.get("macro_f1")
+                table.add_row(
+                    v.name,
+                    str(v.status),
+                    v.architecture,
+                    f"{v.input_spec.get('image_size')} px x {v.input_spec.get('channels')}",
+                    "" if macro is None else f"{float(macro):.3f}",
+                    f"{stored_threshold(v.metrics):.3f}" if v.task == ModelTask.BINARY else "",
+                    names.get(v.parent_id, "") if v.parent_id else "",
+                    v.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+            events = repo.list_promotions(session=session, task=model_task)[-history:] if history else []
+            log = Table(title="promotion history")
+            for column in ("when", "task", "action", "version", "from", "actor", "reason"):
+                log.add_column(column)
+            for p in events:
+                log.add_row(
+                    p.created_at.strftime("%Y-%m-%d %H:%M"),
+                    str(p.task),
+                    str(p.action),
+                    names.get(p.to_version_id, str(p.to_version_id)),
+                    names.get(p.from_version_id, "") if p.from_version_id else "",
+                    p.actor,
+                    escape(p.reason),
+                )
+    finally:
+        database.dispose()
+    console.print(table)
+    if events:
+        console.print(log)
+
+
 # --- processes: worker, beat, camera watcher -------------------------------------------------
 
 
@@ -657,8 +1085,8 @@ def up(
         InferenceBackend, typer.Option(help="Worker: how champions run.")
     ] = InferenceBackend.AUTO,
 ) -> None:
-    """Start a worker, beat, the camera watcher (given folders) and, with Label Studio configured, the
-    webhook receiver; SIGTERM or Ctrl-C stops them all."""
+    """Start a worker, a training worker, beat, the camera watcher (given folders) and, with Label
+    Studio configured, the webhook receiver; SIGTERM or Ctrl-C stops them all."""
     settings = _settings(ctx)
     from defectloop.app import open_database
 
@@ -667,7 +1095,14 @@ def up(
 
     base = [sys.executable, "-m", "defectloop.cli"]
     commands = {
-        "worker": [*base, "worker", f"--inference-backend={inference_backend.value}"],
+        "worker": [
+            *base,
+            "worker",
+            "--queues=inference,labelling,maintenance",
+            f"--inference-backend={inference_backend.value}",
+        ],
+        # Retraining on a worker of its own: a retrain takes minutes, new photos must not wait behind it.
+        "trainer": [*base, "worker", "--queues=training"],
         "beat": [*base, "beat", f"--sweep-every={sweep_every}", f"--stuck-after={stuck_after}"],
     }
     if folders:
@@ -838,15 +1273,9 @@ def _planned(typer_app: typer.Typer, name: str, summary: str, plan: str) -> None
     )(command)
 
 
-_LATER = "planned for the champion/challenger and demo work after issue #5"
+_LATER = "planned for the demo work after the champion/challenger commands"
 
 for _name, _summary, _plan in (
-    ("retrain", "Train challengers from the labels collected so far.", _LATER),
-    ("compare", "Compare champion and challengers on the frozen evaluation set.", _LATER),
-    ("promote", "Promote a model version to champion, with a reason.", _LATER),
-    ("reject", "Reject a challenger, with a reason.", _LATER),
-    ("rollback", "Return to the previous champion, with a reason.", _LATER),
-    ("versions", "List model versions and their metrics.", _LATER),
     ("demo", "Run the whole loop with a simulated annotator and write a report.", _LATER),
     ("report", "Write the HTML report: learning curves, confusion matrices, heat-maps.", _LATER),
 ):

@@ -24,6 +24,9 @@ from defectloop.errors import SettingsError
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "DEFECTLOOP_"
+# The names of models.registry.ARCHITECTURES, repeated so that reading settings imports no torch (a unit
+# test keeps the two equal).
+ARCHITECTURE_NAMES: tuple[str, ...] = ("baseline_cnn", "improved_cnn", "efficientnet_b0", "resnet18")
 DEFAULT_CLASSES: tuple[str, ...] = (
     "ok",
     "hole",
@@ -123,6 +126,31 @@ class Settings(BaseSettings):
     retrain_interval_s: int = Field(
         default=86_400, ge=0, description="Retrain at least this often when new labels exist (0 = never)."
     )
+    retrain_architectures: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=ARCHITECTURE_NAMES,
+        description="Architectures trained as challengers on every retrain, comma separated.",
+    )
+    train_epochs: int = Field(default=15, ge=1, le=1000, description="Most epochs of a retrain.")
+    evaluation_fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of photo groups held out in the frozen evaluation sets (fixed at their creation).",
+    )
+    auto_promote: bool = Field(
+        default=False,
+        description="Promote the best challenger the policy allows after a retrain (else an engineer does).",
+    )
+    promotion_min_gain: float = Field(
+        default=0.01, ge=-1.0, le=1.0, description="Least macro-F1 gain of a challenger over the champion."
+    )
+    promotion_significance: float = Field(
+        default=0.05, gt=0.0, lt=1.0, description="Level of the bootstrap interval (and McNemar) test."
+    )
+    promotion_recall_floors: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Least recall per class of a challenger, comma separated CLASS=VALUE (e.g. hole=0.5).",
+    )
 
     ingest_stable_seconds: float = Field(
         default=1.0, ge=0, description="A camera file is taken once unchanged for this long."
@@ -143,7 +171,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("classes", "ingest_extensions", mode="before")
+    @field_validator(
+        "classes", "ingest_extensions", "retrain_architectures", "promotion_recall_floors", mode="before"
+    )
     @classmethod
     def _parse_classes(cls, value: object) -> object:
         return _split_csv(value)
@@ -167,6 +197,36 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("give at least one extension, e.g. .jpg,.png")
         return tuple(dict.fromkeys(e.lower() if e.startswith(".") else f".{e.lower()}" for e in value))
+
+    @field_validator("retrain_architectures")
+    @classmethod
+    def _check_architectures(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        valid = ARCHITECTURE_NAMES
+        bad = [name for name in value if name not in valid]
+        if bad or not value:
+            raise ValueError(f"unknown architecture(s) {bad or 'none given'}; choose from {', '.join(valid)}")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("promotion_recall_floors")
+    @classmethod
+    def _check_floors(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            name, sep, number = (part.strip() for part in entry.partition("="))
+            try:
+                floor = float(number)
+            except ValueError:
+                floor = float("nan")
+            if not sep or not name or not 0.0 <= floor <= 1.0:
+                raise ValueError(f"expected CLASS=VALUE with VALUE in [0, 1] (e.g. hole=0.5), got {entry!r}")
+        return value
+
+    @property
+    def recall_floors(self) -> dict[str, float]:
+        """``promotion_recall_floors`` as class -> least recall."""
+        return {
+            name.strip(): float(number)
+            for name, _, number in (entry.partition("=") for entry in self.promotion_recall_floors)
+        }
 
     @field_validator("image_channels")
     @classmethod

@@ -43,6 +43,7 @@ from workers.queues import (
     is_embedded_broker,
     purge_delivered_messages,
 )
+from workers.retraining_tasks import RetrainingConfig, register_retraining_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class WorkerConfig:
     sweep_interval_s: float = 60.0
     stuck_after_s: float = 300.0
     labelling: LabellingConfig | None = None
+    retraining: RetrainingConfig | None = None
     extra_conf: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -263,6 +265,21 @@ def create_app(config: WorkerConfig) -> Any:
     app.defectloop_runtime = runtime
     if config.labelling is not None:
         register_labelling_tasks(app, config=config.labelling, classes=config.classes, base=runtime)
+    if config.retraining is not None:
+
+        def publish_rescore(image_ids: list[int]) -> None:
+            """A new champion's re-queued pool, in batches (unsent ones are the sweeper's)."""
+            for start in range(0, len(image_ids), config.publish_batch_size):
+                publish_classification(app, image_ids[start : start + config.publish_batch_size])
+
+        register_retraining_tasks(
+            app,
+            config=config.retraining,
+            classes=config.classes,
+            artifacts_dir=config.artifacts_dir,
+            base=runtime,
+            publish_rescore=publish_rescore,
+        )
     app.conf.update(config.extra_conf)
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped

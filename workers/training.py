@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,14 @@ from workers.folders import dataset_fingerprint, label_counts, scan_labelled_fol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationOutcome", "TrainOutcome", "evaluate_on_folder", "train_from_folder"]
+__all__ = [
+    "EvaluationOutcome",
+    "TrainOutcome",
+    "evaluate_on_folder",
+    "image_group",
+    "train_from_database",
+    "train_from_folder",
+]
 
 _TASKS: dict[ModelTask, Task] = {ModelTask.BINARY: "binary", ModelTask.MULTICLASS: "multiclass"}
 _MIN_IMAGES_PER_CLASS = 2  # one for training and one for validation
@@ -210,9 +217,12 @@ def train_from_database(
     threads: int | None = None,
     progress: bool = False,
     actor: str = "cli",
+    exclude_image_ids: Collection[int] = frozenset(),
+    trigger: TrainingTrigger = TrainingTrigger.MANUAL,
 ) -> TrainOutcome:
     """Train ``architecture`` for ``task`` on every image the database holds a current label for
     (Label Studio annotations and imports: ``repo.list_labelled_images``) and register the result.
+    ``exclude_image_ids`` (the frozen evaluation sets, see ``workers.retraining``) are never trained on.
 
     Groups for the split: the image's source and its file name without a tile index, so tiles of one
     photo stay on one side. An image whose file is gone, or whose label is not one of the configured
@@ -232,13 +242,16 @@ def train_from_database(
     digests: list[tuple[str, str]] = []
     missing: list[int] = []
     unknown: Counter[str] = Counter()
+    held_out = 0
     for image_id, path, sha256, source_id, label in rows:
-        if label not in known:
+        if image_id in exclude_image_ids:
+            held_out += 1
+        elif label not in known:
             unknown[label] += 1
         elif not Path(path).is_file():
             missing.append(image_id)
         else:
-            group = f"source-{source_id}/{file_group(Path(path).stem)}"
+            group = image_group(source_id, path)
             records.append(ImageRecord(path=Path(path), label=label, group=group, image_id=image_id))
             digests.append((sha256 or f"path:{path}", label))
     if unknown:
@@ -280,6 +293,7 @@ def train_from_database(
         "labelled_images": len(rows),
         "left_out_missing_file": len(missing),
         "left_out_unknown_label": dict(sorted(unknown.items())),
+        "left_out_evaluation": held_out,
     }
     return _train_and_register(
         sessions=sessions,
@@ -304,7 +318,14 @@ def train_from_database(
         threads=threads,
         progress=progress,
         actor=actor,
+        trigger=trigger,
     )
+
+
+def image_group(source_id: int, path: str | Path) -> str:
+    """The split group of a database image: its source and its file name without a tile index, so
+    tiles of one photo stay together (in a split, and on one side of the evaluation rule)."""
+    return f"source-{source_id}/{file_group(Path(path).stem)}"
 
 
 def _check_request(architecture: str, input_spec: InputSpec, val_fraction: float) -> None:
@@ -341,6 +362,7 @@ def _train_and_register(
     threads: int | None,
     progress: bool,
     actor: str,
+    trigger: TrainingTrigger = TrainingTrigger.MANUAL,
 ) -> TrainOutcome:
     """Split ``kept`` by group, train, register; the part both sources of labels share."""
     model_task = _TASKS[ModelTask(task)]
@@ -385,7 +407,7 @@ def _train_and_register(
         "split_seed": seed,
         "labels": label_counts(kept),
     }
-    run_id = _start_run(sessions, ModelTask(task), architecture, config, snapshot, actor)
+    run_id = _start_run(sessions, ModelTask(task), architecture, config, snapshot, actor, trigger)
     logger.info(
         "training run %d: %s %s on %s (%d train / %d val images)",
         run_id,
@@ -569,13 +591,14 @@ def _start_run(
     config: TrainConfig,
     snapshot: Mapping[str, Any],
     actor: str,
+    trigger: TrainingTrigger,
 ) -> int:
     with sessions() as session:
         run = repo.create_training_run(
             session=session,
             task=task,
             architecture=architecture,
-            trigger=TrainingTrigger.MANUAL,
+            trigger=trigger,
             params={"config": config.to_dict(), "snapshot": dict(snapshot), "actor": actor},
         )
         repo.start_training_run(session=session, run_id=run.id)

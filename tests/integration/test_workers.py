@@ -126,5 +126,5 @@ def test_up_watches_classifies_and_sweeps_then_stops_cleanly_on_sigterm(loop: Lo
     up.send_signal(signal.SIGTERM)
     assert up.wait(timeout=DEADLINE_S) == 0, loop.log(0)[-3000:]
     log = loop.log(0)
-    for name in ("worker", "beat", "watch"):
+    for name in ("worker", "trainer", "beat", "watch"):
         assert f"{name} stopped (exit 0)" in log, name

@@ -49,8 +49,23 @@ def test_processes_use_real_cli_commands(compose: dict[str, Any]) -> None:
             assert words[:1] in known or words[:2] in known, f"{name}: {command} is not a defectloop command"
 
 
+def test_every_queue_is_consumed_and_training_has_a_worker_of_its_own(compose: dict[str, Any]) -> None:
+    from workers.queues import Queue
+
+    consumers: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        if command[:2] == ["defectloop", "worker"]:
+            queues = command[command.index("--queues") + 1] if "--queues" in command else ""
+            consumers[name] = set(queues.split(",")) if queues else {q.value for q in Queue}
+    assert set().union(*consumers.values()) == {q.value for q in Queue}
+    training = [name for name, queues in consumers.items() if Queue.TRAINING.value in queues]
+    assert training, consumers
+    assert all(consumers[name] == {Queue.TRAINING.value} for name in training), consumers
+
+
 def test_processes_wait_for_the_migration(compose: dict[str, Any]) -> None:
-    for name in ("watcher", "worker", "beat", "receiver"):
+    for name in ("watcher", "worker", "trainer", "beat", "receiver"):
         depends = compose["services"][name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
 

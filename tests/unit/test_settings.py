@@ -145,3 +145,34 @@ def test_workers_run_mc_dropout_passes_only_for_bald() -> None:
     entropy = worker_config(load_settings({"DEFECTLOOP_MC_DROPOUT_PASSES": "6"}))
     bald = worker_config(load_settings({"DEFECTLOOP_MC_DROPOUT_PASSES": "6", "DEFECTLOOP_STRATEGY": "bald"}))
     assert (entropy.mc_passes, bald.mc_passes) == (0, 6)
+
+
+def test_retraining_settings_parse_lists_and_floors_and_name_what_is_wrong() -> None:
+    from defectloop.app import retraining_config
+    from defectloop.settings import ARCHITECTURE_NAMES
+    from models.registry import ARCHITECTURES
+
+    assert sorted(ARCHITECTURE_NAMES) == sorted(ARCHITECTURES), "settings repeat the registry's names"
+    settings = load_settings(
+        {
+            "DEFECTLOOP_RETRAIN_ARCHITECTURES": "resnet18, improved_cnn,resnet18",
+            "DEFECTLOOP_PROMOTION_RECALL_FLOORS": "hole=0.5, raw_edge=0.25",
+            "DEFECTLOOP_AUTO_PROMOTE": "true",
+            "DEFECTLOOP_RETRAIN_MIN_NEW_LABELS": "7",
+        }
+    )
+    assert settings.retrain_architectures == ("resnet18", "improved_cnn")
+    assert settings.recall_floors == {"hole": 0.5, "raw_edge": 0.25}
+    config = retraining_config(settings)
+    assert config.plan.auto_promote
+    assert config.plan.policy.recall_floors == {"hole": 0.5, "raw_edge": 0.25}
+    assert config.min_new_labels == 7
+    assert load_settings({}).retrain_architectures == ARCHITECTURE_NAMES
+    for variable, value, expected in (
+        ("DEFECTLOOP_RETRAIN_ARCHITECTURES", "resnet50", "resnet50"),
+        ("DEFECTLOOP_PROMOTION_RECALL_FLOORS", "hole=1.5", "CLASS=VALUE"),
+        ("DEFECTLOOP_PROMOTION_RECALL_FLOORS", "hole", "CLASS=VALUE"),
+        ("DEFECTLOOP_EVALUATION_FRACTION", "1", "DEFECTLOOP_EVALUATION_FRACTION"),
+    ):
+        with pytest.raises(SettingsError, match=expected):
+            load_settings({variable: value})
