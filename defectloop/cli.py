@@ -132,8 +132,9 @@ def show_settings(ctx: typer.Context) -> None:
 def status(ctx: typer.Context) -> None:
     """Images by status, quarantined files by reason, and the champion of each task."""
     from db import repositories as repo
-    from db.schema import ModelTask
+    from db.schema import ModelTask, TrainingRunStatus
     from defectloop.app import open_database
+    from workers.retrain_policy import REQUEST_ARCHITECTURE
 
     database = open_database(_settings(ctx))
     try:
@@ -141,6 +142,22 @@ def status(ctx: typer.Context) -> None:
             by_status = repo.count_images_by_status(session=session)
             by_reason = repo.count_quarantined_by_reason(session=session)
             champions = {task: repo.get_champion(session=session, task=task) for task in ModelTask}
+            evaluation_sets = {}
+            for task in ModelTask:
+                evaluation_set = repo.get_evaluation_set(session=session, name=f"frozen-{task}")
+                if evaluation_set is not None:
+                    members = repo.list_evaluation_members(
+                        session=session, evaluation_set_id=evaluation_set.id
+                    )
+                    evaluation_sets[task] = len(members)
+            requests = [
+                f"{run.task} {run.status} ({run.trigger})"
+                for run in repo.list_training_runs(
+                    session=session,
+                    architecture=REQUEST_ARCHITECTURE,
+                    statuses=(TrainingRunStatus.QUEUED, TrainingRunStatus.RUNNING),
+                )
+            ]
     finally:
         database.dispose()
     table = Table(title="images")
@@ -166,6 +183,10 @@ def status(ctx: typer.Context) -> None:
 
             call = f" (defective at p >= {stored_threshold(champion.metrics):.3f})"
         console.print(f"champion {task}: {champion.name}{call}", highlight=False)
+    for task, n in evaluation_sets.items():
+        console.print(f"evaluation set frozen-{task}: {n} images", highlight=False)
+    if requests:
+        console.print(f"retrain requested: {', '.join(requests)}", highlight=False)
 
 
 @db_app.command("upgrade")
@@ -593,7 +614,9 @@ def _print_comparison(report: Any) -> None:
         "defect recall" if binary else "min recall",
         "ECE",
     ):
-        table.add_column(column, justify="left" if column in ("version", "role") else "right")
+        table.add_column(
+            column, justify="left" if column in ("version", "role") else "right", overflow="fold"
+        )
     table.add_column("decision")
 
     def row(scored: Any, role: str, decision: str) -> None:
@@ -709,7 +732,7 @@ def retrain(
         )
         trained = Table(title="trained")
         for column in ("task", "version", "role", "val macro-F1", "train / val", "best epoch"):
-            trained.add_column(column)
+            trained.add_column(column, overflow="fold")
         for outcome in report.trained:
             trained.add_row(
                 str(outcome.task),
@@ -916,7 +939,7 @@ def versions(
                 "parent",
                 "created",
             ):
-                table.add_column(column)
+                table.add_column(column, overflow="fold")  # a name cut to "binary-ba…" says nothing
             for v in rows:
                 macro = v.metrics.get("macro_f1")
                 table.add_row(
@@ -932,7 +955,7 @@ def versions(
             events = repo.list_promotions(session=session, task=model_task)[-history:] if history else []
             log = Table(title="promotion history")
             for column in ("when", "task", "action", "version", "from", "actor", "reason"):
-                log.add_column(column)
+                log.add_column(column, overflow="fold")
             for p in events:
                 log.add_row(
                     p.created_at.strftime("%Y-%m-%d %H:%M"),

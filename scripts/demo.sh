@@ -12,6 +12,7 @@ export DEFECTLOOP_DATA_DIR=${DEFECTLOOP_DATA_DIR:-var}
 # Small enough for a laptop CPU in a few minutes; set them for the real thing (128 px, 15 epochs).
 export DEFECTLOOP_IMAGE_SIZE=${DEFECTLOOP_IMAGE_SIZE:-64}
 export DEFECTLOOP_TRAIN_EPOCHS=${DEFECTLOOP_TRAIN_EPOCHS:-3}
+export COLUMNS=${COLUMNS:-150}  # the registry's tables are wide; a log file is no terminal
 dl=.venv/bin/defectloop
 
 $dl --help

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -715,6 +716,10 @@ def test_retrain_compare_promote_rollback_reject_and_versions_from_the_command_l
     assert "binary: frozen-binary" in out
     assert "scored in one run" in out
     assert "comparison 1: binary-improved_cnn-0002: " in out
+
+    status = _run_cli("status", data_dir=data)
+    assert re.search(r"evaluation set frozen-binary: \d+ images", status.stdout), status.stdout
+    assert "evaluation set frozen-multiclass" in status.stdout
 
     compared = _run_cli("compare", "binary", "binary-improved_cnn-0002", data_dir=data)
     assert compared.returncode == 0, compared.stderr
