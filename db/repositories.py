@@ -1229,6 +1229,11 @@ def record_comparison(
     return comparison
 
 
+def get_comparison(*, session: Session, comparison_id: int) -> Comparison:
+    """The comparison with this id; raises `NotFoundError`."""
+    return _get(session, Comparison, comparison_id, "comparison")
+
+
 def latest_comparison(*, session: Session, challenger_version_id: int) -> Comparison | None:
     """The newest comparison in which this version was the challenger, or None."""
     stmt = (

@@ -420,7 +420,10 @@ def train(
         if dataset is not None:
             outcome = train_from_folder(dataset=dataset, class_map=mapping, **options)
         else:
-            outcome = train_from_database(**options)
+            from workers.retraining import held_out_image_ids
+
+            held_out = held_out_image_ids(database.sessions)  # the frozen evaluation sets stay unseen
+            outcome = train_from_database(exclude_image_ids=held_out, **options)
     finally:
         database.dispose()
     role = "champion" if outcome.is_champion else "candidate (the champion stays; compare before promoting)"
@@ -636,6 +639,17 @@ def _print_comparison(report: Any) -> None:
     for result in report.challengers:
         row(result.version, "challenger", "promote" if result.decision.promote else "keep")
     console.print(table)
+    unclear = [
+        s.name
+        for s in (report.champion, *(r.version for r in report.challengers))
+        if s is not None and not s.held_out_respected
+    ]
+    if unclear:
+        console.print(
+            f"[yellow]note:[/] {', '.join(unclear)} may have trained on images of the set (trained on a "
+            "folder, or before the set existed): their figures here may be optimistic",
+            highlight=False,
+        )
     left = {k: v for k, v in report.left_out.items() if v}
     if left:
         console.print(f"left out of the evaluation set: {left}", highlight=False)

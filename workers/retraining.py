@@ -63,6 +63,7 @@ __all__ = [
     "RetrainReport",
     "compare_challengers",
     "evaluation_set_name",
+    "held_out_image_ids",
     "promote_version",
     "reject_version",
     "retrain_challengers",
@@ -220,6 +221,30 @@ def update_evaluation_sets(
     )
 
 
+def held_out_image_ids(sessions: sessionmaker[Session]) -> frozenset[int]:
+    """The images no training may see: the members of the evaluation sets and every labelled image
+    their rule holds out (empty before the sets exist). Reads only; adds no member."""
+    with session_scope(sessions) as session:
+        sets = [
+            repo.get_evaluation_set(session=session, name=evaluation_set_name(task)) for task in ModelTask
+        ]
+        held: set[int] = set()
+        rule = None
+        for evaluation_set in sets:
+            if evaluation_set is None:
+                continue
+            held.update(repo.list_evaluation_members(session=session, evaluation_set_id=evaluation_set.id))
+            if evaluation_set.rule is not None:
+                rule = EvaluationRule.from_dict(evaluation_set.rule)
+        if rule is not None:
+            held.update(
+                image.id
+                for image, _ in repo.list_labelled_images(session=session)
+                if rule.holds_out(image_group(image.source_id, image.path))
+            )
+    return frozenset(held)
+
+
 # --- retraining ----------------------------------------------------------------------------------
 
 
@@ -297,6 +322,7 @@ class ScoredVersion:
     architecture: str
     evaluation: Evaluation
     threshold: float | None
+    held_out_respected: bool = True  # False: it may have trained on some of the set's images
 
 
 @dataclass(frozen=True)
@@ -335,11 +361,16 @@ class _Version:
     artifact_path: Path
     artifact_sha256: str
     threshold: float | None
+    held_out_respected: bool
 
 
 def _version(row: Any) -> _Version:
     task = ModelTask(row.task)
+    snapshot = row.training_snapshot or {}
     return _Version(
+        # Trained on the database's labels with the evaluation images left out; a version trained on a
+        # folder, or before the sets existed, may have seen some of them.
+        held_out_respected="left_out_evaluation" in snapshot,
         name=row.name,
         version_id=row.id,
         architecture=row.architecture,
@@ -369,6 +400,7 @@ def _score(
         architecture=version.architecture,
         evaluation=evaluation,
         threshold=version.threshold,
+        held_out_respected=version.held_out_respected,
     )
     return scored, calls, probs
 
@@ -480,6 +512,10 @@ def compare_challengers(
             "left_out": left_out,
             "challenger_threshold": version.threshold,
             "champion_threshold": None if champion is None else champion.threshold,
+            "trained_clear_of_the_set": {
+                "challenger": version.held_out_respected,
+                "champion": None if champion is None else champion.held_out_respected,
+            },
         }
         with session_scope(sessions) as session:
             comparison = repo.record_comparison(

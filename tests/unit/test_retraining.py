@@ -61,6 +61,7 @@ from workers.retraining import (
     PromotionRefusedError,
     compare_challengers,
     evaluation_set_name,
+    held_out_image_ids,
     promote_version,
     reject_version,
     retrain_challengers,
@@ -75,7 +76,7 @@ from workers.retraining_tasks import (
     RetrainingConfig,
     check_retrain_policy,
 )
-from workers.training import image_group, train_from_database
+from workers.training import image_group, train_from_database, train_from_folder
 
 DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
 GOOD, DEFECTS = DEFAULT_CLASSES[0], DEFAULT_CLASSES[1:]
@@ -185,6 +186,7 @@ def test_evaluation_sets_hold_out_whole_groups_grow_with_new_labels_and_keep_fir
     sessions: sessionmaker[Session], labelled_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _import(sessions, labelled_folder)
+    assert held_out_image_ids(sessions) == frozenset(), "no sets yet: nothing held out"
     # Tiles of two photos: each photo's tiles must fall on one side together.
     fresh, tiles = tmp_path / "fresh", tmp_path / "tiles"  # new bytes: the same bytes would be one image
     generate_dataset(fresh, n=12, seed=9, size=32, classes=("ok", "hole"))
@@ -218,6 +220,7 @@ def test_evaluation_sets_hold_out_whole_groups_grow_with_new_labels_and_keep_fir
         )
     # New labels arrive: the held-out ones are added with a reason; the fraction setting cannot move them.
     _import(sessions, tiles, source="tiles")
+    before = held_out_image_ids(sessions)  # what training must leave out, before the sets are topped up
     with caplog.at_level(logging.WARNING, logger="workers.retraining"):
         grown = update_evaluation_sets(
             sessions=sessions, good_class=GOOD, defect_classes=DEFECTS, fraction=0.9
@@ -225,6 +228,7 @@ def test_evaluation_sets_hold_out_whole_groups_grow_with_new_labels_and_keep_fir
     assert "the setting asks for 0.900 and is ignored" in caplog.text
     assert grown.rule == first.rule
     binary = _members(sessions, ModelTask.BINARY)
+    assert before == grown.held_out_image_ids == set(binary)
     assert binary[member] == GOOD
     labelled = _labelled(sessions)
     tile_ids = [
@@ -310,6 +314,27 @@ def test_retrain_trains_every_architecture_and_compare_decides_records_and_promo
         source = repo.get_or_create_source(session=session, name="cam1", kind=SourceKind.CAMERA)
         pool = _add_image(session, SHA, tmp_path / "x.png", source.id, ImageStatus.PREDICTED)
 
+    # A version trained on the folder itself has seen the set's images, and the comparison says so.
+    folder_trained = train_from_folder(
+        sessions=sessions,
+        dataset=labelled_folder,
+        task=ModelTask.BINARY,
+        architecture="baseline_cnn",
+        good_class=GOOD,
+        defect_classes=DEFECTS,
+        input_spec=SPEC,
+        artifacts_dir=tmp_path / "artifacts",
+        **TINY,
+    )
+    [leaky] = compare_challengers(
+        sessions=sessions, task=ModelTask.BINARY, challengers=[folder_trained.version_name], policy=STRICT
+    ).challengers
+    assert not leaky.version.held_out_respected
+    assert result.version.held_out_respected
+    with sessions() as session:
+        flags = repo.get_comparison(session=session, comparison_id=leaky.comparison_id).numbers
+    assert flags["trained_clear_of_the_set"] == {"challenger": False, "champion": True}
+
     with pytest.raises(DatasetError, match="every candidate has been compared with it"):
         compare_challengers(sessions=sessions, task=ModelTask.BINARY, policy=LENIENT)
     promoted = compare_challengers(
@@ -330,7 +355,11 @@ def test_retrain_trains_every_architecture_and_compare_decides_records_and_promo
         assert repo.get_champion(session=session, task=ModelTask.BINARY).name == "binary-improved_cnn-0002"  # type: ignore[union-attr]
         assert repo.get_image(session=session, image_id=pool).status is ImageStatus.QUEUED
         comparisons = repo.list_comparisons(session=session, task=ModelTask.BINARY)
-        assert [c.decision for c in comparisons] == [ComparisonDecision.PROMOTE, ComparisonDecision.KEEP]
+        assert [c.decision for c in comparisons] == [
+            ComparisonDecision.PROMOTE,
+            ComparisonDecision.KEEP,
+            ComparisonDecision.KEEP,
+        ]
         assert comparisons[0].numbers["n_eval"] == n_eval
         assert comparisons[0].numbers["evaluation_set"] == "frozen-binary"
         promotion = repo.list_promotions(session=session, task=ModelTask.BINARY)[-1]
