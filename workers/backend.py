@@ -2,7 +2,7 @@
 
 Webhook events go to the ``labelling`` queue (the receiver answers at once); a task is known when
 defectloop pushed it; ``/predict`` answers from stored predictions of the current champions and scores
-an image on demand when it has none; ``START_TRAINING`` queues a training run; media are the camera
+an image on demand when it has none; ``START_TRAINING`` requests a whole retrain; media are the camera
 file and the heat-map PNG of an image.
 """
 
@@ -22,6 +22,7 @@ from db.session import session_scope
 from labelling.names import IMAGE_ID_KEY
 from labelling.payloads import AnnotationEvent, TaskPrediction, ml_predict_results
 from workers.labelling import choose_candidates, current_model_key
+from workers.retrain_policy import request_retrain
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,11 @@ class LabellingHandlers:
             return {"model_version": current_model_key(session) or NO_MODEL, "champions": champions}
 
     def request_training(self, *, reason: str) -> None:
-        with session_scope(self._sessions) as session:
-            for task in ModelTask:
-                run = repo.create_training_run(
-                    session=session,
-                    task=task,
-                    architecture="all",
-                    trigger=TrainingTrigger.LS_WEBHOOK,
-                    params={"reason": reason},
-                )
-                logger.info("training run %d queued for %s: %s", run.id, task, reason)
+        """Queue a whole retrain (``workers.retrain_policy``); beat's policy check sends it to the
+        training worker. A request already pending absorbs this one."""
+        created = request_retrain(sessions=self._sessions, trigger=TrainingTrigger.LS_WEBHOOK, reason=reason)
+        if not created:
+            logger.info("retrain already requested; %s joins it", reason)
 
     def _image_ids(self, tasks: Sequence[Mapping[str, Any]]) -> list[int | None]:
         ids: list[int | None] = []

@@ -18,7 +18,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
 from db.migrate import upgrade
-from db.schema import Annotation, ImageStatus, LabelTask, LabelTaskStatus, ModelTask, TrainingRun
+from db.schema import (
+    Annotation,
+    ImageStatus,
+    LabelTask,
+    LabelTaskStatus,
+    ModelTask,
+    TrainingRun,
+    TrainingRunStatus,
+    TrainingTrigger,
+)
 from db.session import create_engine_for, make_session_factory
 from labelling.errors import LabelStudioUnavailableError
 from labelling.names import FROM_NAME, IMAGE_ID_KEY, IMAGE_NAME
@@ -447,10 +456,15 @@ def test_backend_handlers_answer_predict_in_task_order_and_know_only_pushed_task
     assert handlers.media_path("image", 424242) is None
 
     handlers.request_training(reason="Label Studio START_TRAINING")
+    handlers.request_training(reason="pressed twice")  # joins the pending request
     with sessions() as session:
         runs = session.scalars(select(TrainingRun)).all()
         assert {run.task for run in runs} == {ModelTask.BINARY, ModelTask.MULTICLASS}
+        assert len(runs) == 2
         assert {run.params["reason"] for run in runs} == {"Label Studio START_TRAINING"}
+        assert {(run.architecture, run.trigger, run.status) for run in runs} == {
+            ("all", TrainingTrigger.LS_WEBHOOK, TrainingRunStatus.QUEUED)
+        }
     event = _event(AnnotationAction.CREATED, 1, task_id, "hole")
     handlers.submit_events([event])
     assert published == [[event]]
