@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, Update, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, Update, func, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from db.errors import IntegrityViolation, InvalidTransitionError, NotFoundError
 from db.schema import (
+    CLAIMANT_LENGTH,
     Annotation,
     AnnotationOrigin,
     Base,
@@ -117,19 +118,24 @@ def _get(session: Session, model: type[_Row], row_id: int, what: str) -> _Row:
 
 
 def _update_rows(session: Session, model: type[Base], stmt: Update) -> int:
-    """Run a conditional UPDATE of `model` rows; how many rows it changed.
+    """Run a conditional UPDATE of `model` rows; how many rows it changed (see `_updated_ids`)."""
+    return len(_updated_ids(session, model, stmt))
+
+
+def _updated_ids(session: Session, model: type[Base], stmt: Update) -> list[int]:
+    """Run a conditional UPDATE of `model` rows; the ids of the rows it changed, in order.
 
     The objects of those rows that this session holds are expired, so they reload on next access:
     the ORM's own synchronisation skips attributes an object never loaded (a column left None at
     insert), which would leave stale values behind.
     """
     id_column = sa_inspect(model).primary_key[0]
-    ids = list(session.scalars(stmt.returning(id_column).execution_options(synchronize_session=False)))
+    ids = sorted(session.scalars(stmt.returning(id_column).execution_options(synchronize_session=False)))
     for row_id in ids:
         held = session.identity_map.get(session.identity_key(model, row_id))
         if held is not None:
             session.expire(held)
-    return len(ids)
+    return ids
 
 
 def _as_statuses(expected: ImageStatus | Iterable[ImageStatus] | None) -> list[ImageStatus] | None:
@@ -278,29 +284,140 @@ def set_image_status(
     status: ImageStatus,
     reason: str | None = None,
     expected: ImageStatus | Iterable[ImageStatus] | None = None,
+    claimed_by: str | None = None,
 ) -> bool:
     """Compare-and-set the status of an image; True if this call moved it.
 
     With `expected`, the row moves only if its current status is one of them, in one UPDATE: of two
     workers racing for the same image exactly one gets True (the row lock serialises them). Without
-    it the move is unconditional. `reason` replaces the stored one (required for quarantined).
-    Raises `NotFoundError` if the image does not exist.
+    it the move is unconditional. `reason` replaces the stored one (required for quarantined and
+    superseded). `claimed_by`, when given, records the worker process taking the image (see
+    `find_claimed_images`). Raises `NotFoundError` if the image does not exist.
     """
-    if status is ImageStatus.QUARANTINED:
+    if status in (ImageStatus.QUARANTINED, ImageStatus.SUPERSEDED):
         _require_text(reason or "", "reason")
     statuses = _as_statuses(expected)
     now = utcnow()
-    stmt = (
-        update(Image)
-        .where(Image.id == image_id)
-        .values(status=status, reason=reason, status_changed_at=now, updated_at=now)
-    )
+    values: dict[str, Any] = {"status": status, "reason": reason, "status_changed_at": now, "updated_at": now}
+    if claimed_by is not None:
+        values["claimed_by"] = claimed_by[:CLAIMANT_LENGTH]
+    stmt = update(Image).where(Image.id == image_id).values(**values)
     if statuses is not None:
         stmt = stmt.where(Image.status.in_(statuses))
     moved = _update_rows(session, Image, stmt) == 1
     if not moved:
         get_image(session=session, image_id=image_id)  # a missing image is an error, not a lost race
     return moved
+
+
+def supersede_images_at(
+    *, session: Session, paths: Iterable[str], reason: str, by_image_id: int | None = None
+) -> list[int]:
+    """Mark superseded every row recorded from one of `paths` (the file now holds other bytes); their ids.
+
+    `by_image_id` is the row recorded from the new bytes: it is left alone, and named on the rows
+    superseded now and on those superseded earlier without knowing by what (a worker that found the file
+    changed before the watcher recorded the new bytes). Idempotent: a superseded row stays as it is.
+    """
+    _require_text(reason, "reason")
+    wanted = sorted(set(paths))
+    if not wanted:
+        return []
+    now = utcnow()
+    others: list[ColumnElement[bool]] = [Image.path.in_(wanted)]
+    if by_image_id is not None:
+        others.append(Image.id != by_image_id)
+    ids = _updated_ids(
+        session,
+        Image,
+        update(Image)
+        .where(*others, Image.status != ImageStatus.SUPERSEDED)
+        .values(
+            status=ImageStatus.SUPERSEDED,
+            reason=reason,
+            superseded_by_id=by_image_id,
+            status_changed_at=now,
+            updated_at=now,
+        ),
+    )
+    if by_image_id is not None:
+        _updated_ids(
+            session,
+            Image,
+            update(Image)
+            .where(*others, Image.status == ImageStatus.SUPERSEDED, Image.superseded_by_id.is_(None))
+            .values(superseded_by_id=by_image_id, updated_at=now),
+        )
+    if ids:
+        logger.info("images superseded", extra={"image_ids": ids, "superseded_by": by_image_id})
+    return ids
+
+
+def revive_image(
+    *,
+    session: Session,
+    image_id: int,
+    status: ImageStatus,
+    path: str,
+    original_name: str | None,
+    source_id: int,
+    reason: str | None = None,
+) -> bool:
+    """Bring back a superseded row whose bytes were found again at `path` (compare-and-set from
+    superseded to `status`: ``new`` to be classified again, or ``quarantined`` with `reason`); True if
+    this call moved it."""
+    if status is ImageStatus.SUPERSEDED:
+        raise ValueError("revive_image moves a superseded row to another status")
+    if status is ImageStatus.QUARANTINED:
+        _require_text(reason or "", "reason")
+    now = utcnow()
+    stmt = (
+        update(Image)
+        .where(Image.id == image_id, Image.status == ImageStatus.SUPERSEDED)
+        .values(
+            status=status,
+            reason=reason,
+            path=path,
+            original_name=original_name,
+            source_id=source_id,
+            superseded_by_id=None,
+            claimed_by=None,
+            status_changed_at=now,
+            updated_at=now,
+        )
+    )
+    return _update_rows(session, Image, stmt) == 1
+
+
+def find_claimed_images(
+    *, session: Session, status: ImageStatus = ImageStatus.QUEUED, limit: int | None = None
+) -> list[tuple[int, str]]:
+    """``(image id, claimant)`` of the images in `status` that a worker process claimed, oldest id first."""
+    stmt = (
+        select(Image.id, Image.claimed_by)
+        .where(Image.status == status, Image.claimed_by.is_not(None))
+        .order_by(Image.id)
+        .limit(limit)
+    )
+    return [(int(image_id), str(claimant)) for image_id, claimant in session.execute(stmt)]
+
+
+def release_claims(
+    *, session: Session, image_ids: Iterable[int], claimant: str, status: ImageStatus = ImageStatus.QUEUED
+) -> list[int]:
+    """Clear the claim of `claimant` on those of `image_ids` still in `status` and claimed by it (compare-
+    and-set: a row another worker took meanwhile is left alone); the ids released. Their waiting clock
+    restarts, so the sweeper does not publish them a second time at once."""
+    ids = sorted({int(i) for i in image_ids})
+    if not ids:
+        return []
+    now = utcnow()
+    stmt = (
+        update(Image)
+        .where(Image.id.in_(ids), Image.status == status, Image.claimed_by == claimant[:CLAIMANT_LENGTH])
+        .values(claimed_by=None, status_changed_at=now, updated_at=now)
+    )
+    return _updated_ids(session, Image, stmt)
 
 
 def requeue_predicted_images(*, session: Session) -> list[int]:
@@ -780,7 +897,7 @@ def current_label(*, session: Session, image_id: int) -> str | None:
 def list_labelled_images(*, session: Session) -> list[tuple[Image, str]]:
     """Every image with a current label and that label, oldest image first: the training set the
     annotators and imports have built. The current label is ``current_label``'s (the latest annotation
-    neither deleted nor cancelled); quarantined images are left out."""
+    neither deleted nor cancelled); quarantined and superseded images (whose bytes are gone) are left out."""
     ranked = (
         select(
             Annotation.image_id,
@@ -798,7 +915,7 @@ def list_labelled_images(*, session: Session) -> list[tuple[Image, str]]:
     stmt = (
         select(Image, ranked.c.label)
         .join(ranked, ranked.c.image_id == Image.id)
-        .where(ranked.c.rank == 1, Image.status != ImageStatus.QUARANTINED)
+        .where(ranked.c.rank == 1, Image.status.not_in([ImageStatus.QUARANTINED, ImageStatus.SUPERSEDED]))
         .order_by(Image.id)
     )
     return [(image, str(label)) for image, label in session.execute(stmt)]

@@ -45,6 +45,7 @@ ENUM_LENGTH = 32  # room for new values without widening the column
 NAME_LENGTH = 200
 PATH_LENGTH = 1024
 LABEL_LENGTH = 64
+CLAIMANT_LENGTH = 300
 
 
 def utcnow() -> datetime:
@@ -62,7 +63,13 @@ class SourceKind(StrEnum):
 
 
 class ImageStatus(StrEnum):
-    """Lifecycle of an image: new -> queued -> predicted -> labelling -> labelled, or quarantined."""
+    """Lifecycle of an image: new -> queued -> predicted -> labelling -> labelled, or quarantined.
+
+    ``superseded``: the file the row points at no longer holds the row's bytes (overwritten in place,
+    replaced by a rename, or a quarantined half-written file that became a valid image): the row is kept,
+    with the reason and the row that replaced it (``superseded_by_id``, when known), and is never
+    classified, pushed or counted as a waiting or bad file again.
+    """
 
     NEW = "new"
     QUEUED = "queued"
@@ -70,6 +77,7 @@ class ImageStatus(StrEnum):
     LABELLING = "labelling"
     LABELLED = "labelled"
     QUARANTINED = "quarantined"
+    SUPERSEDED = "superseded"
 
 
 class ModelTask(StrEnum):
@@ -211,8 +219,15 @@ class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
         Index("ix_images_status_status_changed_at", "status", "status_changed_at"),
+        # The rows recorded from one path (a file changed in place supersedes them). A hash index on
+        # PostgreSQL: a b-tree entry cannot hold the longest paths (1,024 characters of UTF-8).
+        Index("ix_images_path", "path", postgresql_using="hash"),
         CheckConstraint("status <> 'quarantined' OR reason IS NOT NULL", name="quarantine_has_reason"),
-        CheckConstraint("sha256 IS NOT NULL OR status = 'quarantined'", name="hash_unless_quarantined"),
+        CheckConstraint("status <> 'superseded' OR reason IS NOT NULL", name="superseded_has_reason"),
+        # A quarantined file that could not be read has no hash; superseded, it keeps having none.
+        CheckConstraint(
+            "sha256 IS NOT NULL OR status IN ('quarantined', 'superseded')", name="hash_unless_quarantined"
+        ),
         CheckConstraint("sha256 IS NOT NULL OR file_key IS NOT NULL", name="has_identity"),
     )
 
@@ -233,6 +248,13 @@ class Image(Base):
     )
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     status_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    # The worker process that last took the image to classify it (see workers.claims): with it, a worker
+    # that starts re-publishes what a dead one held, and leaves live workers' images alone.
+    claimed_by: Mapped[str | None] = mapped_column(String(CLAIMANT_LENGTH), nullable=True)
+    # The row holding the bytes now found at this row's path (status superseded), when known.
+    superseded_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL"), nullable=True
+    )
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
 

@@ -57,7 +57,7 @@ def test_upgrade_creates_the_schema_and_downgrade_removes_it(sqlite_url: str) ->
     try:
         assert current_revision(engine) is None
         upgrade(sqlite_url)
-        assert current_revision(engine) == head_revision() == "0004_evaluation_rule"
+        assert current_revision(engine) == head_revision() == "0005_image_integrity"
         assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
 
         downgrade(sqlite_url, "base")
@@ -111,7 +111,7 @@ def test_assert_migrated_refuses_an_empty_database_and_says_what_to_run(sqlite_u
         path = sqlite_url.removeprefix("sqlite:///")
         assert str(info.value) == (
             f"database sqlite:///{path} is not migrated (at revision <none>, "
-            "the code needs 0004_evaluation_rule); run `defectloop db upgrade`"
+            "the code needs 0005_image_integrity); run `defectloop db upgrade`"
         )
         assert isinstance(info.value, RuntimeError)
 
@@ -135,12 +135,40 @@ def test_assert_migrated_refuses_a_revision_the_code_does_not_know(sqlite_url: s
         engine.dispose()
 
 
+def test_downgrade_from_0005_keeps_superseded_rows_as_quarantined(sqlite_url: str) -> None:
+    upgrade(sqlite_url)
+    engine = create_engine_for(sqlite_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO sources (name, kind, created_at) VALUES ('c', 'camera', '2026-01-01')")
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO images (sha256, path, source_id, status, reason, claimed_by, "
+                    "status_changed_at, created_at, updated_at) VALUES (:sha, '/c/a.png', 1, 'superseded', "
+                    "'file changed: x', 'h:b:1:1:', '2026-01-01', '2026-01-01', '2026-01-01')"
+                ),
+                {"sha": "a" * 64},
+            )
+        downgrade(sqlite_url, "0004_evaluation_rule")
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT status, reason FROM images")).all()
+        assert rows == [("quarantined", "file changed: x")]
+        assert "claimed_by" not in {c["name"] for c in inspect(engine).get_columns("images")}
+        upgrade(sqlite_url)
+        assert schema_differences(engine, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
 def test_migration_history_is_one_line_from_0001() -> None:
     assert known_revisions() == {
         "0001_initial",
         "0002_evaluations",
         "0003_sync_cursors",
         "0004_evaluation_rule",
+        "0005_image_integrity",
     }
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()

@@ -157,6 +157,85 @@ def test_set_image_status_of_a_missing_image_is_not_found(db_session: Session) -
         )
 
 
+def test_rows_of_a_changed_file_are_superseded_linked_and_can_come_back(db_session: Session) -> None:
+    old = new_image(db_session, "a.png")
+    bad, _ = repo.quarantine_file(
+        session=db_session, path=old.path, reason="truncated image: cut", source_id=old.source_id,
+        size_bytes=10, mtime_ns=1,
+    )  # fmt: skip
+    elsewhere = new_image(db_session, "b.png")
+    # A worker found the file changed before the watcher recorded the new bytes: superseded, by nothing yet.
+    assert repo.set_image_status(
+        session=db_session, image_id=old.id, status=ImageStatus.SUPERSEDED, reason="file changed: x"
+    )
+    with pytest.raises(ValueError, match="reason"):
+        repo.set_image_status(session=db_session, image_id=elsewhere.id, status=ImageStatus.SUPERSEDED)
+    new, _ = repo.add_image(
+        session=db_session, sha256=sha_of("new bytes"), path=old.path, source_id=old.source_id,
+        width=1, height=1, mode="L", size_bytes=1,
+    )  # fmt: skip
+    superseded = repo.supersede_images_at(
+        session=db_session, paths=[old.path], reason="file changed: now image new", by_image_id=new.id
+    )
+    assert superseded == [bad.id]  # the one superseded earlier is only linked
+    rows = {i: repo.get_image(session=db_session, image_id=i) for i in (old.id, bad.id, new.id, elsewhere.id)}
+    assert [rows[i].status for i in (old.id, bad.id, new.id, elsewhere.id)] == [
+        ImageStatus.SUPERSEDED, ImageStatus.SUPERSEDED, ImageStatus.NEW, ImageStatus.NEW,
+    ]  # fmt: skip
+    assert (rows[old.id].superseded_by_id, rows[bad.id].superseded_by_id) == (new.id, new.id)
+    assert (rows[old.id].reason, rows[bad.id].reason) == ("file changed: x", "file changed: now image new")
+    assert repo.count_quarantined_by_reason(session=db_session) == {}
+    assert (
+        repo.supersede_images_at(session=db_session, paths=[old.path], reason="again", by_image_id=new.id)
+        == []
+    )
+
+    # The old bytes come back (at another path): the row is an image again, unlinked, unclaimed.
+    assert repo.revive_image(
+        session=db_session, image_id=old.id, status=ImageStatus.NEW, path="/mnt/cam1/back.png",
+        original_name="back.png", source_id=old.source_id,
+    )  # fmt: skip
+    assert not repo.revive_image(
+        session=db_session,
+        image_id=old.id,
+        status=ImageStatus.NEW,
+        path="/x",
+        original_name=None,
+        source_id=old.source_id,
+    )  # fmt: skip  (only a superseded row moves)
+    back = repo.get_image(session=db_session, image_id=old.id)
+    assert (back.status, back.path, back.superseded_by_id, back.reason) == (
+        ImageStatus.NEW, "/mnt/cam1/back.png", None, None,
+    )  # fmt: skip
+
+
+def test_superseded_images_leave_the_training_set(db_session: Session) -> None:
+    kept, gone = new_image(db_session, "kept.png"), new_image(db_session, "gone.png")
+    for image in (kept, gone):
+        repo.record_annotation(
+            session=db_session, image_id=image.id, label="hole", annotator="a", origin=AnnotationOrigin.IMPORT
+        )
+    repo.set_image_status(
+        session=db_session, image_id=gone.id, status=ImageStatus.SUPERSEDED, reason="changed"
+    )
+    assert [image.id for image, _ in repo.list_labelled_images(session=db_session)] == [kept.id]
+
+
+def test_claims_are_found_and_released_only_by_their_claimant(db_session: Session) -> None:
+    images = [new_image(db_session, f"c{i}.png") for i in range(3)]
+    for image, claim in zip(images, ["w1", "w2", None], strict=True):
+        repo.set_image_status(
+            session=db_session, image_id=image.id, status=ImageStatus.QUEUED, claimed_by=claim
+        )
+    assert repo.find_claimed_images(session=db_session) == [(images[0].id, "w1"), (images[1].id, "w2")]
+    ids = [image.id for image in images]
+    assert repo.release_claims(session=db_session, image_ids=ids, claimant="w1") == [images[0].id]
+    assert repo.release_claims(session=db_session, image_ids=ids, claimant="w1") == []
+    assert repo.find_claimed_images(session=db_session) == [(images[1].id, "w2")]
+    repo.set_image_status(session=db_session, image_id=images[1].id, status=ImageStatus.PREDICTED)
+    assert repo.find_claimed_images(session=db_session) == []  # only waiting (queued) images count
+
+
 def test_find_stuck_images_returns_only_rows_older_than_the_limit(db_session: Session) -> None:
     old, fresh, other = (new_image(db_session, name) for name in ("old.png", "fresh.png", "other.png"))
     now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
