@@ -10,8 +10,10 @@ Brokers: Redis in production; for the embedded default kombu's SQLAlchemy transp
 (``sqla+sqlite:///DATA_DIR/broker.db``), which needs no server, subclassed (``EmbeddedTransport``) to
 poll every 0.1 s instead of every second. That transport redelivers nothing
 after a worker is killed (it marks a message invisible when it hands it out), Redis only after the
-visibility timeout: in both cases the sweeper (``requeue_waiting_images`` on beat) is what finds the
-images left ``new``/``queued`` and publishes them again.
+visibility timeout. Each image a worker takes carries its claim (``workers.claims``): a worker that
+becomes ready re-publishes at once the images claimed by worker processes of this machine that no
+longer exist (``republish_orphaned_claims``), and so does every sweep; the sweeper (``requeue_waiting_images``
+on beat) still publishes again whatever waits ``new``/``queued`` longer than ``stuck_after``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import OperationalError
@@ -35,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.errors import DatabaseUnavailableError
 from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
 from workers import classification
+from workers.claims import Claimant, republish_orphaned_claims
 from workers.labelling_tasks import LabellingConfig, register_labelling_tasks
 from workers.queues import (
     PURGE_INTERVAL_S,
@@ -297,6 +301,7 @@ def create_app(config: WorkerConfig) -> Any:
             defect_classes=config.defect_classes,
             batch_size=config.inference_batch_size,
             collect_timeout_s=config.inference_batch_timeout_ms / 1000,
+            claimant=str(Claimant.current(node=str(classify_images.request.hostname or ""))),
         )
         return report.as_dict()
 
@@ -306,13 +311,18 @@ def create_app(config: WorkerConfig) -> Any:
     def requeue_waiting_images(stuck_after_s: float | None = None) -> int:
         """Re-publish images waiting in new/queued longer than ``stuck_after_s`` (default: the config's)."""
         age = config.stuck_after_s if stuck_after_s is None else float(stuck_after_s)
+        orphaned = republish_orphaned_claims(
+            sessions=runtime.sessions,
+            publish=lambda batch: publish_classification(app, batch),
+            batch_size=config.publish_batch_size,
+        )
         ids = classification.requeue_waiting_images(
             sessions=runtime.sessions,
             publish=lambda batch: publish_classification(app, batch),
             older_than=timedelta(seconds=age),
             batch_size=config.publish_batch_size,
         )
-        return len(ids)
+        return len(orphaned) + len(ids)
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
         name=PURGE_TASK, shared=False, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3
@@ -320,6 +330,14 @@ def create_app(config: WorkerConfig) -> Any:
     def purge_broker_messages() -> int:
         """Delete the embedded broker's rows of delivered messages (see workers.queues); 0 on Redis."""
         return purge_delivered_messages(config.broker_url)
+
+    def republish_when_ready(sender: Any = None, **_: Any) -> None:
+        """A worker of this app is ready: publish again what dead worker processes held (once)."""
+        if getattr(sender, "app", None) is not app:
+            return
+        _republish_orphans(app, config)
+
+    worker_ready.connect(republish_when_ready, weak=False)
 
     if is_embedded_broker(config.broker_url):
         app.conf.beat_schedule = {
@@ -331,6 +349,21 @@ def create_app(config: WorkerConfig) -> Any:
             },
         }
     return app
+
+
+def _republish_orphans(app: Any, config: WorkerConfig) -> None:
+    # An engine of its own, disposed at once: a prefork parent must hold no connection a child could inherit.
+    engine = create_engine_for(config.database_url)
+    try:
+        republish_orphaned_claims(
+            sessions=make_session_factory(engine),
+            publish=lambda batch: publish_classification(app, batch),
+            batch_size=config.publish_batch_size,
+        )
+    except Exception:  # upkeep: the worker runs anyway, and the sweeper covers what this missed
+        logger.warning("could not re-publish the images of dead workers; the sweeper will", exc_info=True)
+    finally:
+        engine.dispose()
 
 
 def publish_classification(app: Any, image_ids: Iterable[int], *, retry: bool = True) -> None:

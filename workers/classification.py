@@ -30,7 +30,14 @@ A ``queued`` image cannot tell whether the sweeper re-published it or another wo
 message for it is always honoured: two workers may then compute the same image, but only one records
 it (exactly once is kept; only work is wasted, and only with several workers racing).
 
-An image file that can no longer be read is quarantined with the reason, never retried.
+An image file that can no longer be read is quarantined with the reason, never retried. The file is
+read once and hashed (`workers.image_reading.load_verified`): a file that no longer holds the row's bytes
+(overwritten in place, or replaced by a rename, since it was recorded) is never classified under that
+row; the row becomes ``superseded`` (the watcher records the new bytes as an image of their own).
+
+Every image a call takes is claimed by this worker process (``images.claimed_by``, see
+`workers.claims`): a worker that starts re-publishes at once the images claimed by processes that no
+longer exist, instead of leaving them to the sweeper's ``stuck_after``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,6 +56,8 @@ from db import repositories as repo
 from db.schema import ImageStatus, ModelTask
 from db.session import session_scope
 from models.comparison import stored_threshold
+from workers.claims import Claimant
+from workers.image_reading import FileChangedError, load_verified
 
 if TYPE_CHECKING:
     from models.infer import CombinedPrediction
@@ -212,6 +220,7 @@ class ClassifyReport:
     predicted: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     quarantined: list[int] = field(default_factory=list)
+    superseded: list[int] = field(default_factory=list)
     waiting: list[int] = field(default_factory=list)
     collected: list[int] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
@@ -222,13 +231,25 @@ class ClassifyReport:
             "predicted": len(self.predicted),
             "skipped": len(self.skipped),
             "quarantined": len(self.quarantined),
+            "superseded": len(self.superseded),
             "waiting": len(self.waiting),
             "collected": len(self.collected),
             "batches": list(self.batches),
         }
 
 
-_Item = tuple[int, str]  # image id, path
+_Item = tuple[int, str, str | None]  # image id, path, sha256 of the bytes recorded
+
+
+@dataclass
+class _Predicted:
+    """What `_predict` made of a batch: the ids predicted (row order of ``combined``), the unreadable
+    ones with the reason, and those whose file holds other bytes now, with the reason."""
+
+    ok: list[int] = field(default_factory=list)
+    combined: CombinedPrediction | None = None
+    failed: dict[int, str] = field(default_factory=dict)
+    changed: dict[int, str] = field(default_factory=dict)
 
 
 def _predict(
@@ -236,11 +257,11 @@ def _predict(
     batch: Sequence[_Item],
     good_class: str,
     defect_classes: Sequence[str],
-) -> tuple[list[int], CombinedPrediction | None, dict[int, str]]:
-    """Decode and classify ``batch``; the ids predicted (row order of the result) and the unreadable ones."""
+) -> _Predicted:
+    """Read (bytes checked against the row), decode and classify ``batch``."""
     import torch
 
-    from models.data import ImageLoadError, InputSpec, load_image
+    from models.data import ImageLoadError, InputSpec
     from models.infer import combine_predictions
 
     assert champions.binary is not None
@@ -248,19 +269,21 @@ def _predict(
     specs = {id(m): InputSpec.from_dict(m.version.input_spec) for m in models}
     distinct = list(dict.fromkeys(specs.values()))  # two champions with one input spec: decode once
     tensors: dict[InputSpec, list[torch.Tensor]] = {spec: [] for spec in distinct}
-    ok: list[int] = []
-    failed: dict[int, str] = {}
-    for image_id, path in batch:
+    out = _Predicted()
+    for image_id, path, sha256 in batch:
         try:
-            loaded = {spec: load_image(Path(path), spec) for spec in distinct}
-        except ImageLoadError as exc:
-            failed[image_id] = f"unreadable at classification: {exc}"[:500]
+            loaded = load_verified(path, sha256, distinct)
+        except FileChangedError as exc:
+            out.changed[image_id] = f"file changed after it was recorded: {exc}"[:500]
             continue
-        ok.append(image_id)
+        except ImageLoadError as exc:
+            out.failed[image_id] = f"unreadable at classification: {exc}"[:500]
+            continue
+        out.ok.append(image_id)
         for spec, tensor in loaded.items():
             tensors[spec].append(tensor)
-    if not ok:
-        return ok, None, failed
+    if not out.ok:
+        return out
     stacked = {spec: torch.stack(items) for spec, items in tensors.items()}
     binary_out = champions.binary.predictor.predict(stacked[specs[id(champions.binary)]])
     multi_out = None
@@ -273,39 +296,53 @@ def _predict(
         defect_classes=tuple(defect_classes),
         defect_threshold=champions.binary.version.defect_threshold,
     )
-    return ok, combined, failed
+    out.combined = combined
+    return out
 
 
 def _take_named(
-    sessions: sessionmaker[Session], ids: Sequence[int]
-) -> tuple[list[_Item], dict[int, datetime]]:
-    """The waiting images among ``ids`` and when each was recorded; the ``new`` ones are moved to
-    ``queued`` (taken) on the way."""
+    sessions: sessionmaker[Session], ids: Sequence[int], claimant: str
+) -> tuple[list[_Item], dict[int, datetime]] | None:
+    """The waiting images among ``ids`` and when each was recorded, each claimed by ``claimant`` (the
+    ``new`` ones moved to ``queued`` on the way); None, and nothing taken, without a binary champion."""
     with session_scope(sessions) as session:
+        if repo.get_champion(session=session, task=ModelTask.BINARY) is None:
+            return None
         rows = repo.list_images_by_ids(session=session, image_ids=ids, statuses=_WAITING)
-        items = [(image.id, image.path, image.status, image.created_at) for image in rows]
-        for image_id, _, status, _ in items:
-            if status is ImageStatus.NEW:
-                # Lost to another worker's collection between the read and here (PostgreSQL only):
-                # the image is queued and still waiting, so it is classified anyway.
-                repo.set_image_status(
-                    session=session, image_id=image_id, status=ImageStatus.QUEUED, expected=ImageStatus.NEW
-                )
-    return [(i, path) for i, path, _, _ in items], {i: created for i, _, _, created in items}
+        items = [(image.id, image.path, image.sha256, image.created_at) for image in rows]
+        taken: list[_Item] = []
+        for image_id, path, sha256, _ in items:
+            # A queued image named by its message is honoured whoever held it (see the module docstring):
+            # this process holds it now. Lost to another worker's collection between the read and here
+            # (PostgreSQL only), a new image is queued and still waiting, so it is classified anyway.
+            if repo.set_image_status(
+                session=session,
+                image_id=image_id,
+                status=ImageStatus.QUEUED,
+                expected=_WAITING,
+                claimed_by=claimant,
+            ):
+                taken.append((image_id, path, sha256))
+    return taken, {i: created for i, _, _, created in items}
 
 
-def _take_new(sessions: sessionmaker[Session], limit: int) -> list[_Item]:
-    """Up to ``limit`` images waiting in ``new``, oldest first, each moved to ``queued`` by this call."""
+def _take_new(sessions: sessionmaker[Session], limit: int, claimant: str) -> list[_Item]:
+    """Up to ``limit`` images waiting in ``new``, oldest first, each moved to ``queued`` (claimed by
+    ``claimant``) by this call."""
     with session_scope(sessions) as session:
         candidates = [
-            (image.id, image.path)
+            (image.id, image.path, image.sha256)
             for image in repo.list_images_by_status(session=session, status=ImageStatus.NEW, limit=limit)
         ]
         return [
-            (image_id, path)
-            for image_id, path in candidates
+            item
+            for item in candidates
             if repo.set_image_status(
-                session=session, image_id=image_id, status=ImageStatus.QUEUED, expected=ImageStatus.NEW
+                session=session,
+                image_id=item[0],
+                status=ImageStatus.QUEUED,
+                expected=ImageStatus.NEW,
+                claimed_by=claimant,
             )
         ]
 
@@ -314,6 +351,7 @@ def _collect(
     sessions: sessionmaker[Session],
     want: int,
     *,
+    claimant: str,
     deadline: float,
     poll_interval_s: float,
     clock: Callable[[], float],
@@ -322,7 +360,7 @@ def _collect(
     """Take up to ``want`` waiting images: what waits now, then what arrives until ``deadline``."""
     taken: list[_Item] = []
     while True:
-        taken += _take_new(sessions, want - len(taken))
+        taken += _take_new(sessions, want - len(taken), claimant)
         remaining = deadline - clock()
         if len(taken) >= want or remaining <= 0:
             return taken
@@ -342,11 +380,13 @@ def classify_images(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    claimant: str | None = None,
 ) -> ClassifyReport:
     """Classify the given images that still wait, with the current champions, topping a short batch up
     with other waiting images until ``collect_timeout_s`` after the oldest of the batch was recorded
     (see the module docstring). ``clock``/``sleep`` time the wait, ``wall_clock`` tells the images'
-    age (the recording time is the database's ``created_at``, in UTC)."""
+    age (the recording time is the database's ``created_at``, in UTC). ``claimant`` is recorded on the
+    images taken (default: this process, `workers.claims.Claimant`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if collect_timeout_s < 0 or poll_interval_s <= 0:
@@ -356,30 +396,35 @@ def classify_images(
         )
     ids = sorted({int(i) for i in image_ids})
     report = ClassifyReport()
-    current = champions.refresh(sessions)
-    if current.binary is None:
+    claimant = claimant or str(Claimant.current())
+    # Taken (claimed) before the champions are loaded: a worker killed while loading them leaves claims
+    # that the next worker re-publishes, not images waiting in new for the sweeper.
+    taken = _take_named(sessions, ids, claimant)
+    current = None if taken is None else champions.refresh(sessions)
+    if taken is None or current is None or current.binary is None:
         report.waiting = ids
-        logger.info("no binary champion yet: images %s wait in new until one is registered", ids)
+        logger.info("no binary champion yet: images %s wait until one is registered", ids)
         return report
     report.model_key = current.model_key
-    todo, recorded = _take_named(sessions, ids)
-    waiting = {image_id for image_id, _ in todo}
+    todo, recorded = taken
+    waiting = {image_id for image_id, _, _ in todo}
     report.skipped = [i for i in ids if i not in waiting]
     while todo:
         batch, todo = todo[:batch_size], todo[batch_size:]
         if len(batch) < batch_size and collect_timeout_s > 0:
             # Skewed clocks (watcher and worker on two machines) only move the wait within [0, timeout].
-            age = (wall_clock() - min(recorded[image_id] for image_id, _ in batch)).total_seconds()
+            age = (wall_clock() - min(recorded[image_id] for image_id, _, _ in batch)).total_seconds()
             deadline = clock() + min(collect_timeout_s, max(0.0, collect_timeout_s - age))
             extra = _collect(
                 sessions,
                 batch_size - len(batch),
+                claimant=claimant,
                 deadline=deadline,
                 poll_interval_s=poll_interval_s,
                 clock=clock,
                 sleep=sleep,
             )
-            report.collected.extend(image_id for image_id, _ in extra)
+            report.collected.extend(image_id for image_id, _, _ in extra)
             batch = [*batch, *extra]
         _classify_batch(batch, current, sessions, good_class, defect_classes, report)
     return report
@@ -397,7 +442,8 @@ def _classify_batch(
     assert current.binary is not None
     binary_id = current.binary.version.id
     multi_id = None if current.multiclass is None else current.multiclass.version.id
-    predicted_ids, combined, failed = _predict(current, batch, good_class, defect_classes)
+    result = _predict(current, batch, good_class, defect_classes)
+    predicted_ids, combined = result.ok, result.combined
     moved: list[int] = []
     with session_scope(sessions) as session:
         for row, image_id in enumerate(predicted_ids):
@@ -417,7 +463,7 @@ def _classify_batch(
                 uncertainty={name: float(scores[row]) for name, scores in combined.uncertainty.items()},
             )
             moved.append(image_id)
-        for image_id, reason in failed.items():
+        for image_id, reason in result.failed.items():
             if repo.set_image_status(
                 session=session,
                 image_id=image_id,
@@ -427,6 +473,17 @@ def _classify_batch(
             ):
                 report.quarantined.append(image_id)
                 logger.warning("image %d quarantined: %s", image_id, reason, extra={"image_id": image_id})
+        for image_id, reason in result.changed.items():
+            # Never predicted from another row's bytes: the watcher records those as an image of their own.
+            if repo.set_image_status(
+                session=session,
+                image_id=image_id,
+                status=ImageStatus.SUPERSEDED,
+                reason=reason,
+                expected=_WAITING,
+            ):
+                report.superseded.append(image_id)
+                logger.warning("image %d superseded: %s", image_id, reason, extra={"image_id": image_id})
     report.batches.append(len(batch))
     report.predicted.extend(moved)
     lost = set(predicted_ids) - set(moved)

@@ -139,9 +139,10 @@ def score_images(
         return 0
     stored = 0
     for start in range(0, len(items), batch_size):
-        batch = list(items[start : start + batch_size])
-        ids, combined, failed = classification._predict(current, batch, good_class, defect_classes)
-        for image_id, reason in failed.items():
+        batch = [(image_id, path, None) for image_id, path in items[start : start + batch_size]]
+        result = classification._predict(current, batch, good_class, defect_classes)
+        ids, combined = result.ok, result.combined
+        for image_id, reason in result.failed.items():
             logger.warning("scoring image %d failed: %s", image_id, reason)
         if combined is None:
             continue

@@ -7,6 +7,7 @@ database up to a deadline; nothing asserts a timing.
 
 from __future__ import annotations
 
+import hashlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+import torch
 from PIL import Image as PILImage
 from sqlalchemy import select
 
 from db import repositories as repo
-from db.schema import Image, ModelTask
-from tests.worker_harness import DEADLINE_S, Loop, loop_on, require_redis
+from db.schema import Image, ImageStatus, ModelTask, Prediction, SourceKind
+from models.data import load_image
+from models.infer import Predictor
+from models.train import load_checkpoint
+from tests.worker_harness import DEADLINE_S, SPEC, Loop, loop_on, require_redis
+from workers.claims import Claimant
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +134,113 @@ def test_up_watches_classifies_and_sweeps_then_stops_cleanly_on_sigterm(loop: Lo
     log = loop.log(0)
     for name in ("worker", "trainer", "beat", "watch"):
         assert f"{name} stopped (exit 0)" in log, name
+
+
+def claims_of(loop: Loop, ids: list[int]) -> dict[int, str | None]:
+    with loop.sessions() as session:
+        return dict(
+            session.execute(
+                select(Image.id, Image.claimed_by).where(
+                    Image.id.in_(ids), Image.status == ImageStatus.QUEUED
+                )
+            ).all()
+        )
+
+
+def test_a_new_worker_publishes_again_at_once_what_a_killed_one_held(loop: Loop) -> None:
+    """No sweep here (no beat, no sweep task): what the killed worker had taken is published again by the
+    next worker as it starts, from the claims the dead process left; nothing is lost or doubled."""
+    binary = loop.register(ModelTask.BINARY, seed=1)
+    ids = loop.add_images(120)
+    loop.publish(ids, per_message=60)
+    first = loop.start_worker()
+    loop.wait_for("the first predictions", lambda: loop.predicted(ids) > 0, interval=0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    held = claims_of(loop, ids)
+    assert held, "the worker held nothing when it was killed; make its message larger"
+    claimants = {Claimant.parse(text or "") for text in held.values()}
+    assert {c.pid for c in claimants if c is not None} == {first.pid}
+
+    loop.start_worker()
+    loop.wait_for("every image predicted", lambda: loop.predicted(ids) == len(ids))
+    loop.assert_exactly_once(ids, repo.make_model_key(binary, None))
+    assert f"re-published {len(held)} orphaned image(s)" in loop.log(1), loop.log(1)[-3000:]
+
+
+def vm_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} for process {pid}")
+
+
+def test_a_huge_photo_is_classified_from_a_reduced_decode(tmp_path: Path) -> None:
+    """A 16 Mpx RGBA PNG through a real worker: predicted as the models' own full decoding would predict
+    it, while the worker's peak memory grows by less than two copies of the decoded photo (decoding it in
+    full, the models' loader holds about five)."""
+    side = 4000
+    decoded_kib = side * side * 4 // 1024
+    with loop_on(
+        f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        tmp_path,
+        DEFECTLOOP_STRATEGY="entropy",  # the workers run MC passes for bald only: reproducible numbers
+    ) as loop:
+        loop.register(ModelTask.BINARY, seed=1)
+        warmup = loop.add_images(4)
+        loop.publish(warmup, per_message=4)
+        worker = loop.start_worker()
+        loop.wait_for("the warm-up", lambda: loop.predicted(warmup) == len(warmup))
+        before = vm_kib(worker.pid, "VmHWM")
+
+        rng = np.random.default_rng(3)
+        y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+        grey = np.clip(128 + 60 * np.sin(x / 41) * np.cos(y / 29) + rng.normal(0, 8, (side, side)), 0, 255)
+        pixels = np.dstack([grey, np.roll(grey, 7, 0), np.roll(grey, 11, 1), 255 - grey / 4]).astype(np.uint8)
+        del x, y, grey
+        path = tmp_path / "camera" / "huge.png"
+        PILImage.fromarray(pixels, mode="RGBA").save(path, compress_level=1)
+        del pixels
+        [image_id] = record(loop, path)
+        loop.publish([image_id], per_message=1)
+        loop.wait_for("the huge photo", lambda: loop.predicted([image_id]) == 1)
+        grown = vm_kib(worker.pid, "VmHWM") - before
+        assert grown < 2 * decoded_kib, f"peak grew by {grown} KiB; the photo decoded is {decoded_kib} KiB"
+
+        artifact = loop.root / "artifacts" / "binary-1.pt"
+        checkpoint = load_checkpoint(
+            artifact, expected_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest()
+        )
+        predictor = Predictor(
+            checkpoint.model,
+            checkpoint.architecture,
+            class_names=checkpoint.class_names,
+            image_size=SPEC.image_size,
+            channels=SPEC.channels,
+            backend="eager",
+        )
+        full = predictor.predict(torch.stack([load_image(path, SPEC)]))
+        with loop.sessions() as session:
+            stored = session.scalars(select(Prediction).where(Prediction.image_id == image_id)).one()
+        assert stored.probabilities["ok"] == pytest.approx(float(full.probs[0][0]), abs=0.02)
+
+
+def record(loop: Loop, path: Path) -> list[int]:
+    """The row of ``path``, as the watcher records it (status new)."""
+    data = path.read_bytes()
+    with loop.sessions() as session:
+        source = repo.get_or_create_source(session=session, name="cam", kind=SourceKind.CAMERA)
+        with PILImage.open(path) as image:
+            width, height, mode = image.width, image.height, image.mode
+        image_row, _ = repo.add_image(
+            session=session,
+            sha256=hashlib.sha256(data).hexdigest(),
+            path=str(path),
+            source_id=source.id,
+            width=width,
+            height=height,
+            mode=mode,
+            size_bytes=len(data),
+        )
+        session.commit()
+        return [image_row.id]

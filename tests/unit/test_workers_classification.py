@@ -8,6 +8,7 @@ swaps), so no checkpoint is trained or loaded here.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from db.session import create_engine_for, make_session_factory
 from defectloop.app import ingest_config, worker_config
 from defectloop.settings import DEFAULT_CLASSES, load_settings
 from models.infer import PredictionOutput
-from workers import classification
+from workers import classification, image_reading
 from workers.celery_app import (
     CLASSIFY_TASK,
     EMBEDDED_POLLING_INTERVAL_S,
@@ -40,6 +41,7 @@ from workers.celery_app import (
     create_app,
     publish_classification,
 )
+from workers.claims import Claimant
 from workers.classification import ChampionCache, LoadedModel, VersionRef
 from workers.queues import Queue, purge_delivered_messages
 
@@ -239,13 +241,96 @@ def test_an_unreadable_file_is_quarantined_with_its_reason(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     register(sessions, ModelTask.BINARY, 1)
-    ids = add_images(sessions, tmp_path / "cam", 3)
-    (tmp_path / "cam" / "1.png").write_bytes(b"not an image any more")
-    report = classify(sessions, ChampionCache(fake_loader([])), ids)
-    assert report.quarantined == [ids[1]]
-    assert statuses(sessions, ids) == [ImageStatus.PREDICTED, ImageStatus.QUARANTINED, ImageStatus.PREDICTED]
+    ids = add_images(sessions, tmp_path / "cam", 4)
+    (tmp_path / "cam" / "1.png").unlink()  # gone
+    bad = b"not an image"  # a row whose own bytes do not decode (recorded by an older watcher, say)
+    (tmp_path / "cam" / "2.png").write_bytes(bad)
     with sessions() as session:
-        assert "unreadable" in (repo.get_image(session=session, image_id=ids[1]).reason or "")
+        repo.get_image(session=session, image_id=ids[2]).sha256 = hashlib.sha256(bad).hexdigest()
+        session.commit()
+    report = classify(sessions, ChampionCache(fake_loader([])), ids)
+    assert report.quarantined == [ids[1], ids[2]]
+    assert statuses(sessions, ids) == [
+        ImageStatus.PREDICTED,
+        ImageStatus.QUARANTINED,
+        ImageStatus.QUARANTINED,
+        ImageStatus.PREDICTED,
+    ]
+    with sessions() as session:
+        gone, undecodable = (repo.get_image(session=session, image_id=i).reason or "" for i in ids[1:3])
+    assert gone.startswith("unreadable at classification: ")
+    assert "does not exist" in gone
+    assert undecodable.startswith("unreadable at classification: ")
+    assert "2.png" in undecodable
+    assert "/proc/self/fd" not in undecodable  # the message names the camera file
+
+
+def test_a_file_that_holds_other_bytes_now_is_superseded_never_predicted(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overwritten in place, replaced by a rename, or written to while it is read: the row's own bytes are
+    gone, so the row is superseded; the new bytes are the watcher's to record as an image of their own."""
+    register(sessions, ModelTask.BINARY, 1)
+    cam = tmp_path / "cam"
+    ids = add_images(sessions, cam, 5)
+    other = PILImage.fromarray(np.full((20, 20), 7, dtype=np.uint8), mode="L")
+    other.save(cam / "0.png")  # overwritten in place (same inode)
+    other.save(cam / "replacement.png")
+    (cam / "replacement.png").replace(cam / "1.png")  # replaced by a rename
+    real_decode = image_reading._decode
+
+    def decode_while_a_writer_appends(view: str, specs: Any) -> Any:
+        if Path(view).resolve() == (cam / "2.png").resolve():
+            with (cam / "2.png").open("ab") as handle:
+                handle.write(b"more")
+        return real_decode(view, specs)
+
+    monkeypatch.setattr(image_reading, "_decode", decode_while_a_writer_appends)
+    report = classify(sessions, ChampionCache(fake_loader([])), ids)
+    assert sorted(report.superseded) == ids[:3]
+    assert sorted(report.predicted) == ids[3:]
+    assert statuses(sessions, ids) == [ImageStatus.SUPERSEDED] * 3 + [ImageStatus.PREDICTED] * 2
+    assert sorted(image_id for image_id, _ in predictions(sessions)) == ids[3:]
+    with sessions() as session:
+        reasons = [repo.get_image(session=session, image_id=i).reason or "" for i in ids[:3]]
+    new_sha = hashlib.sha256((cam / "0.png").read_bytes()).hexdigest()
+    assert reasons[0].startswith("file changed after it was recorded: ")
+    assert new_sha[:12] in reasons[0]
+    assert new_sha[:12] in reasons[1]
+    assert "changed while it was read" in reasons[2]
+    # A superseded row is not waiting any more: a redelivered message leaves it alone.
+    assert classify(sessions, ChampionCache(fake_loader([])), ids[:3]).skipped == ids[:3]
+
+
+def test_images_taken_carry_the_claim_of_the_worker_process(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    register(sessions, ModelTask.BINARY, 1)
+    ids = add_images(sessions, tmp_path / "cam", 2)
+    with sessions() as session:
+        assert {repo.get_image(session=session, image_id=i).claimed_by for i in ids} == {None}
+    classification.classify_images(
+        ids[:1],
+        sessions=sessions,
+        champions=ChampionCache(fake_loader([])),
+        good_class="ok",
+        defect_classes=DEFAULT_CLASSES[1:],
+        batch_size=2,
+        collect_timeout_s=0.05,  # the second image is collected into the batch
+        claimant="host:boot:4242:77:celery@test",
+    )
+    with sessions() as session:
+        assert {repo.get_image(session=session, image_id=i).claimed_by for i in ids} == {
+            "host:boot:4242:77:celery@test"
+        }
+    assert statuses(sessions, ids) == [ImageStatus.PREDICTED] * 2
+    more = add_images(sessions, tmp_path / "cam", 1, start=5)
+    classify(sessions, ChampionCache(fake_loader([])), more)  # the default: this very process
+    with sessions() as session:
+        claimant = Claimant.parse(repo.get_image(session=session, image_id=more[0]).claimed_by or "")
+    assert claimant is not None
+    assert claimant.pid == os.getpid()
+    assert claimant.is_alive() is True
 
 
 def test_a_new_champion_is_used_for_later_batches(sessions: sessionmaker[Session], tmp_path: Path) -> None:
