@@ -1,15 +1,26 @@
 """Camera ingestion: watch folders, take each file once it is complete, record it, announce it.
 
 A watchdog observer (inotify, or polling for network shares) only notes which paths changed; one ingest
-thread does all the work, so nothing here needs more than one lock. A file is taken when its size and
-mtime have not changed for ``stable_seconds`` (a writer that pauses longer than that is caught by the
-decode check: a file that fails the way a half-written file fails waits ``incomplete_grace_seconds``
-more before it is quarantined). The initial scan, a periodic rescan and a scan of every folder created
-later make up for events the observer missed.
+thread does all the work, so nothing here needs more than one lock. A file is taken at once when inotify
+reports it closed after writing or renamed into place AND its bytes end where their format says a file
+ends (`workers.validation.is_structurally_complete`: JPEG EOI, PNG IEND, WebP/BMP sizes); otherwise when
+its size and mtime have not changed for ``stable_seconds`` (a writer that pauses longer than that is
+caught by the decode check: a file that fails the way a half-written file fails waits
+``incomplete_grace_seconds`` more before it is quarantined). Either way it is decoded in full before it
+becomes an image, so a half-written file never does. The initial scan, a periodic rescan and a scan of
+every folder created later make up for events the observer missed.
+
+Only files inside the watched folders are taken, on every route (scan, rescan, events, created
+folders): a symlinked folder is never entered, and a file reached through one is refused; a symlink to
+a file is followed only into the roots (or ``symlink_targets``) and recorded by the path it resolves to.
 
 Each file is read once (`workers.validation`): a good image becomes an ``images`` row with status
-``new`` (the same bytes anywhere are one row), a bad one a ``quarantined`` row with its reason. The row
-is committed before ``publish`` is called with the ids of the images this service created. Publishing
+``new`` (the same bytes anywhere are one row), a bad one a ``quarantined`` row with its reason. A row is
+bound to the bytes it was recorded with: when a file changes (overwritten in place, replaced by a rename,
+a quarantined half-written file that became a valid image), the rows recorded from that path before are
+``superseded`` by the row of its new bytes (`db.repositories.supersede_images_at`), and bytes of a
+superseded row found again bring it back. The row is committed before ``publish`` is called with the ids
+of the images this service created. Publishing
 runs in a thread of its own (``defectloop-publish``), so a broker that is down, or hangs without
 closing its connections, never stops files from being recorded; a failed publish leaves the rows
 committed (status ``new``) and is retried with back-off, and the sweeper re-queues whatever is still
@@ -48,6 +59,11 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+try:
+    from watchdog.observers.inotify import InotifyObserver
+except ImportError:  # not Linux: the platform's own observer
+    InotifyObserver = None  # type: ignore[assignment,misc]
+
 from db import repositories as repo
 from db.schema import NAME_LENGTH, PATH_LENGTH, ImageStatus, SourceKind
 from db.session import session_scope
@@ -63,6 +79,7 @@ from workers.validation import (
     check_file_name,
     check_image_bytes,
     check_symlink,
+    is_structurally_complete,
     read_image_file,
 )
 
@@ -95,6 +112,7 @@ _EVENTS: list[type[FileSystemEvent]] = [
 _MAX_TICK_S = 0.5
 _MAX_RETRY_DELAY_S = 30.0
 _MAX_UNPUBLISHED = 100_000  # beyond this, the oldest unannounced ids are left to the sweeper
+_MAX_REMEMBERED_REFUSALS = 10_000
 
 
 @dataclass(frozen=True)
@@ -200,6 +218,7 @@ class IngestStats:
     ingested: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    superseded: int = 0  # rows of files that changed, superseded by the rows of their new bytes
     retries: int = 0
     unexpected_errors: int = 0
     published: int = 0
@@ -218,6 +237,7 @@ class _Pending:
     signature: _Signature | None = None
     since: float = 0.0  # when `signature` was first observed (monotonic)
     attempts: int = 0
+    settled: bool = False  # the last event was a close after writing or a rename into place
 
 
 def camera_source_name(root: Path) -> str:
@@ -242,10 +262,25 @@ def _signature(info: os.stat_result) -> _Signature:
     return (info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-class _EventRecorder(FileSystemEventHandler):
-    """Runs in the observer thread: notes paths, never touches files or the database."""
+def _real_path(file: Path) -> Path:
+    """Where the bytes of ``file`` are: the file a symlink resolves to (checked to lie inside the roots or
+    symlink targets before), else ``file`` itself."""
+    if file.is_symlink():
+        try:
+            return file.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return file
+    return file
 
-    def __init__(self, note_file: Callable[[str], None], note_dir: Callable[[str], None]) -> None:
+
+class _EventRecorder(FileSystemEventHandler):
+    """Runs in the observer thread: notes paths, never touches files or the database.
+
+    A file closed after writing, or renamed into place, is noted as settled (it may be taken at once);
+    any other event on it (created, modified, attributes) unsettles it again.
+    """
+
+    def __init__(self, note_file: Callable[[str, bool], None], note_dir: Callable[[str], None]) -> None:
         super().__init__()
         self._note_file = note_file
         self._note_dir = note_dir
@@ -254,13 +289,24 @@ class _EventRecorder(FileSystemEventHandler):
         try:
             path = event.dest_path if isinstance(event, FileMovedEvent | DirMovedEvent) else event.src_path
             path = os.fsdecode(path)
+            if not path:  # moved out of the watched folders (inotify full events): nothing to take
+                return
             if isinstance(event, DirCreatedEvent | DirMovedEvent):
                 self._note_dir(path)
             elif not event.is_directory:
-                self._note_file(path)
+                self._note_file(path, isinstance(event, FileClosedEvent | FileMovedEvent))
         except Exception:
             # An exception here would end the observer thread; the rescan finds what this missed.
             logger.exception("could not note file event %r", event)
+
+
+def _inside_real_folders(path: Path) -> bool:
+    """Whether no folder above ``path`` (absolute, under a resolved root) is a symlink; ``path`` itself
+    may be one."""
+    try:
+        return path.parent.resolve() == path.parent
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 class IngestService:
@@ -276,7 +322,7 @@ class IngestService:
         self._sessions = sessions
         self._publish = publish
         self._notes_lock = threading.Lock()
-        self._file_notes: set[str] = set()
+        self._file_notes: dict[str, bool] = {}  # path -> settled (the last event's verdict)
         self._dir_notes: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -285,6 +331,7 @@ class IngestService:
         self._pending: dict[str, _Pending] = {}
         self._seen: dict[str, _Signature] = {}
         self._source_ids: dict[Path, int] = {}
+        self._refused_folders: set[str] = set()
         # The ids recorded but not announced yet: appended by the ingest thread, taken by the publisher.
         self._publish_lock = threading.Lock()
         self._unpublished: list[int] = []
@@ -405,6 +452,9 @@ class IngestService:
     def _make_observer(self) -> BaseObserver:
         if self.config.poll:
             return PollingObserver(timeout=self.config.poll_interval_seconds)
+        if InotifyObserver is not None:
+            # Full events: a file renamed in from outside the folders is a move (settled), not a creation.
+            return InotifyObserver(generate_full_events=True)
         return Observer()
 
     def _ensure_watching(self) -> None:
@@ -465,10 +515,14 @@ class IngestService:
             self.config.ignore_hidden and any(part.startswith(".") for part in p.relative_to(root).parts)
         )
 
-    def _note_file(self, path: str) -> None:
+    def _note_file(self, path: str, settled: bool = False) -> None:
         if self._wanted(path):
+            if not _inside_real_folders(Path(path)):
+                # An observer that followed a symlinked folder (polling does): outside the roots.
+                logger.debug("%r is inside a symlinked folder; not taken", path)
+                return
             with self._notes_lock:
-                self._file_notes.add(path)
+                self._file_notes[path] = settled
             self._wake.set()
 
     def _note_dir(self, path: str) -> None:
@@ -528,18 +582,19 @@ class IngestService:
 
     def _drain_notes(self) -> None:
         with self._notes_lock:
-            files, self._file_notes = self._file_notes, set()
+            files, self._file_notes = self._file_notes, {}
             dirs, self._dir_notes = self._dir_notes, set()
         if dirs:
             # A folder created (or moved in) after start: its files may predate the watch on it.
             self._discover([Path(d) for d in sorted(dirs)], full=False)
         now = time.monotonic()
-        for path in files:
+        for path, settled in files.items():
             entry = self._pending.get(path)
             if entry is None:
-                self._pending[path] = _Pending(first_seen=now, due=now)
+                self._pending[path] = _Pending(first_seen=now, due=now, settled=settled)
             else:
                 entry.due = min(entry.due, now)
+                entry.settled = settled
 
     def _discover(self, tops: Iterable[Path], *, full: bool) -> None:
         """Note every wanted file under ``tops`` that is not handled unchanged; a full scan of the roots
@@ -548,6 +603,12 @@ class IngestService:
             self._count(scans=1)
         now = time.monotonic()
         for top in tops:
+            root = self._root_of(top)
+            if root is None or (top != root and (top.is_symlink() or not _inside_real_folders(top))):
+                # A symlinked folder (a created-folder event for one, or a folder inside one): not entered,
+                # so nothing outside the roots is ever listed through it.
+                self._refuse_symlinked_folder(str(top))
+                continue
             found: set[str] = set()
             complete = self._walk(top, found)
             for path in found:
@@ -575,11 +636,16 @@ class IngestService:
                     for entry in entries:
                         try:
                             is_dir = entry.is_dir(follow_symlinks=False)
+                            linked_dir = not is_dir and entry.is_symlink() and entry.is_dir()
                         except OSError:
-                            is_dir = False
+                            is_dir = linked_dir = False
+                        hidden = self.config.ignore_hidden and entry.name.startswith(".")
                         if is_dir:
-                            if not (self.config.ignore_hidden and entry.name.startswith(".")):
+                            if not hidden:
                                 stack.append(entry.path)
+                        elif linked_dir:
+                            if not hidden:
+                                self._refuse_symlinked_folder(entry.path)
                         elif self._wanted(entry.path):
                             found.add(entry.path)
             except FileNotFoundError:
@@ -590,6 +656,21 @@ class IngestService:
                 )
                 complete = False
         return complete
+
+    def _refuse_symlinked_folder(self, path: str) -> None:
+        """Say once per path that a symlinked folder is not entered (rescans meet it again and again)."""
+        if path in self._refused_folders:
+            return
+        if len(self._refused_folders) < _MAX_REMEMBERED_REFUSALS:
+            self._refused_folders.add(path)
+        target = Path(path).resolve()
+        logger.warning(
+            "not entering %s (-> %s): symlinked folders are not followed; watch the folder itself if its "
+            "photos belong here",
+            path,
+            target,
+            extra={"path": path},
+        )
 
     def _process_due(self, result: ScanResult) -> None:
         now = time.monotonic()
@@ -640,6 +721,9 @@ class IngestService:
             return Outcome.GONE, None
         if signature != entry.signature:
             entry.signature, entry.since = signature, now
+        if entry.settled:
+            # Closed after writing, or renamed into place: taken now if its bytes are complete.
+            return self._take(path, entry, signature, now)
         stable = self.config.stable_seconds
         quiet_wall = time.time() - info.st_mtime_ns / 1e9
         if now - entry.since < stable and quiet_wall < stable:
@@ -671,6 +755,10 @@ class IngestService:
         """Validate the file and record the verdict; waits instead when it may still be incomplete."""
         file = Path(path)
         data = b""
+        if not _inside_real_folders(file):
+            logger.warning("%r is inside a symlinked folder (not followed); not taken", path)
+            self._handled(path, signature)
+            return Outcome.GONE, None
         try:
             check_file_name(file)
             check_symlink(file, self.config.link_roots)
@@ -679,6 +767,17 @@ class IngestService:
                 entry.signature, entry.due = None, now + self._tick
                 return Outcome.WAITING, None
             data = read.data
+            if entry.settled and not is_structurally_complete(data):
+                # Closed or moved in, but its bytes stop short (or the format has no end marker): the
+                # stability wait decides, as for any file.
+                entry.settled = False
+                entry.due = entry.since + self.config.stable_seconds
+                logger.debug(
+                    "%r was closed or moved in, but its bytes do not end as a complete image; waiting for "
+                    "it to stay unchanged",
+                    path,
+                )
+                return Outcome.WAITING, None
             facts = check_image_bytes(
                 data,
                 max_pixels=self.config.max_pixels,
@@ -707,8 +806,9 @@ class IngestService:
         file = Path(path)
         root = self._root_of(file)
         assert root is not None  # only paths inside a root are ever noted
+        real = _real_path(file)
         try:
-            stored = self._store_copy(data, facts.sha256, file.suffix) if self.config.store_dir else file
+            stored = self._store_copy(data, facts.sha256, file.suffix) if self.config.store_dir else real
             with session_scope(self._sessions) as session:
                 source_id = self._source_id(session, root)
                 image, created = repo.add_image(
@@ -723,7 +823,20 @@ class IngestService:
                     original_name=_storable(file.name),
                     status=ImageStatus.NEW,
                 )
-                image_id, status, recorded_path = image.id, image.status, image.path
+                image_id, status = image.id, image.status
+                if status is ImageStatus.SUPERSEDED:
+                    # Bytes whose row was superseded are here again: that row is an image again.
+                    created = repo.revive_image(
+                        session=session,
+                        image_id=image_id,
+                        status=ImageStatus.NEW,
+                        path=_storable(str(stored)),
+                        original_name=_storable(file.name),
+                        source_id=source_id,
+                    )
+                    status = ImageStatus.NEW if created else status
+                superseded = self._supersede_rows_of(session, file, real, image_id)
+                recorded_path = image.path
         except Exception as exc:
             self._retry_later(path, entry, exc)
             return Outcome.RETRY, None
@@ -732,6 +845,15 @@ class IngestService:
         self._handled(path, signature)
         converted = f", converted from {facts.converted_from}" if facts.converted_from else ""
         extra = {"image_id": image_id, "path": path}
+        if superseded:
+            self._count(superseded=len(superseded))
+            logger.info(
+                "%r holds new bytes: image(s) %s recorded from it before are superseded by image %d",
+                path,
+                superseded,
+                image_id,
+                extra={**extra, "superseded": superseded},
+            )
         if created:
             with self._publish_lock:
                 self._unpublished.append(image_id)
@@ -758,7 +880,8 @@ class IngestService:
     def _quarantine(
         self, path: str, entry: _Pending, signature: _Signature, error: InvalidImageError
     ) -> tuple[Outcome, int | None]:
-        root = self._root_of(Path(path))
+        file = Path(path)
+        root = self._root_of(file)
         assert root is not None
         try:
             with session_scope(self._sessions) as session:
@@ -771,9 +894,21 @@ class IngestService:
                     sha256=error.sha256,
                     size_bytes=error.size_bytes if error.size_bytes is not None else signature[0],
                     mtime_ns=signature[1],
-                    original_name=_storable(Path(path).name),
+                    original_name=_storable(file.name),
                 )
                 image_id, status = image.id, image.status
+                if status is ImageStatus.SUPERSEDED:
+                    created = repo.revive_image(
+                        session=session,
+                        image_id=image_id,
+                        status=ImageStatus.QUARANTINED,
+                        path=_storable(path),
+                        original_name=_storable(file.name),
+                        source_id=source_id,
+                        reason=str(error),
+                    )
+                    status = ImageStatus.QUARANTINED if created else status
+                superseded = self._supersede_rows_of(session, file, None, image_id)
         except Exception as exc:
             self._retry_later(path, entry, exc)
             return Outcome.RETRY, None
@@ -781,6 +916,16 @@ class IngestService:
         self._handled(path, signature)
         self._count(quarantined=1)
         extra = {"image_id": image_id, "path": path, "reason": error.reason.value}
+        if superseded:
+            self._count(superseded=len(superseded))
+            logger.warning(
+                "%r no longer holds an image: image(s) %s recorded from it before are superseded by "
+                "quarantined file %d",
+                path,
+                superseded,
+                image_id,
+                extra={**extra, "superseded": superseded},
+            )
         if created:
             logger.warning("quarantined %r as image %d: %s", path, image_id, error, extra=extra)
         elif status is ImageStatus.QUARANTINED:
@@ -790,6 +935,19 @@ class IngestService:
                 "%r: %s, but the same bytes are image %d (%s), kept as it is", path, error, image_id, status
             )
         return Outcome.QUARANTINED, image_id
+
+    def _supersede_rows_of(self, session: Session, file: Path, real: Path | None, image_id: int) -> list[int]:
+        """Supersede the rows recorded from ``file`` (or the file it resolves to) by ``image_id``: the
+        file holds that row's bytes now. Rows pointing into the store keep their own copy."""
+        paths = {_storable(str(file))}
+        if real is not None:
+            paths.add(_storable(str(real)))
+        return repo.supersede_images_at(
+            session=session,
+            paths=paths,
+            by_image_id=image_id,
+            reason=f"file changed after it was recorded: {_storable(str(file))} now holds image {image_id}",
+        )
 
     def _source_id(self, session: Session, root: Path) -> int:
         cached = self._source_ids.get(root)

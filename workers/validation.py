@@ -46,6 +46,7 @@ __all__ = [
     "check_image",
     "check_image_bytes",
     "check_symlink",
+    "is_structurally_complete",
     "read_image_file",
     "reason_of",
 ]
@@ -342,6 +343,28 @@ def _looks_cut(data: bytes, fmt: str | None) -> bool:
         return not data.rstrip(b"\x00").endswith(b"\xff\xd9")
     if fmt == "WEBP" and len(data) >= 8:
         return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    return False
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+
+
+def is_structurally_complete(data: bytes) -> bool:
+    """Whether ``data`` ends where its own structure says a file of its format ends: a JPEG with its EOI
+    marker, a PNG with its IEND chunk, a WebP or BMP whose header size is the file size.
+
+    A cheap test of a file that was just closed or renamed into place, before deciding to take it without
+    waiting for it to stay unchanged: False for any other format (TIFF has no end marker) and for any
+    file that stops short. It says nothing of whether the image decodes (`check_image_bytes` does).
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return len(data) > 8 + len(_PNG_END) and data.endswith(_PNG_END)
+    if data.startswith(b"\xff\xd8\xff"):
+        return len(data) > 4 and data.endswith(b"\xff\xd9")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return len(data) == 8 + int.from_bytes(data[4:8], "little")
+    if data[:2] == b"BM" and len(data) >= 14:
+        return len(data) == int.from_bytes(data[2:6], "little")
     return False
 
 

@@ -327,3 +327,74 @@ def test_redis_stopped_or_hanging_during_a_burst_loses_nothing_and_doubles_nothi
         for process in (watch, worker, beat):
             assert process.poll() is None, loop.logs()
         assert "ingest step failed" not in loop.log(0)
+
+
+def test_rows_stay_bound_to_their_bytes_when_camera_files_change(broker_url: str, tmp_path: Path) -> None:
+    """Real watcher and worker processes. A file overwritten in place, then replaced by a rename, while no
+    champion exists: the watcher supersedes the older rows. Then, with the watcher stopped, a recorded file
+    is overwritten before the worker reads it: the worker supersedes that row instead of predicting it
+    from the new bytes, which the watcher records as an image of their own when it is back. Every
+    prediction comes from its own row's bytes: no two rows of different bytes share one."""
+    cam = (tmp_path / "cam").resolve()
+    cam.mkdir()
+    shots = [synthetic_photo(i, seed=31) for i in range(5)]
+    with loop_on(broker_url, tmp_path, DEFECTLOOP_STRATEGY="entropy", **FAST_INGEST) as loop:
+        watch = loop.start("watch", str(cam))
+        loop.start_worker()
+
+        def row(data: bytes) -> Image | None:
+            with loop.sessions() as session:
+                return repo.get_image_by_sha256(session=session, sha256=sha(data))
+
+        def has_status(data: bytes, status: ImageStatus) -> bool:
+            image = row(data)
+            return image is not None and image.status is status
+
+        first, second, third, fourth, fifth = shots
+        (cam / "a.png").write_bytes(first)
+        loop.wait_for("the first bytes recorded", lambda: has_status(first, ImageStatus.NEW))
+        with (cam / "a.png").open("r+b") as handle:  # overwritten in place
+            handle.write(second)
+            handle.truncate()
+        loop.wait_for("the second bytes recorded", lambda: has_status(second, ImageStatus.NEW))
+        (cam / ".a.png.tmp").write_bytes(third)
+        (cam / ".a.png.tmp").replace(cam / "a.png")  # replaced by a rename
+        loop.wait_for("the third bytes recorded", lambda: has_status(third, ImageStatus.NEW))
+        loop.wait_for("the older rows superseded", lambda: has_status(second, ImageStatus.SUPERSEDED))
+        (cam / "b.png").write_bytes(fourth)
+        loop.wait_for("b recorded", lambda: has_status(fourth, ImageStatus.NEW))
+
+        watch.send_signal(signal.SIGTERM)
+        assert watch.wait(timeout=DEADLINE_S) == 0
+        with (cam / "b.png").open("r+b") as handle:  # changed while nobody watches
+            handle.write(fifth)
+            handle.truncate()
+        binary = loop.register(ModelTask.BINARY, seed=1)
+        loop.sweep()
+        loop.wait_for("the worker to check b's bytes", lambda: has_status(fourth, ImageStatus.SUPERSEDED))
+        loop.wait_for("a's current bytes predicted", lambda: has_status(third, ImageStatus.PREDICTED))
+        loop.start("watch", str(cam))  # back: the initial scan records b's new bytes
+        loop.wait_for("b's new bytes recorded", lambda: row(fifth) is not None)
+        loop.sweep()
+        loop.wait_for("b's new bytes predicted", lambda: has_status(fifth, ImageStatus.PREDICTED))
+
+        def must(data: bytes) -> Image:
+            image = row(data)
+            assert image is not None
+            return image
+
+        a_rows = [must(data) for data in (first, second, third)]
+        b_old, b_new = must(fourth), must(fifth)
+        assert [image.status for image in a_rows] == [
+            ImageStatus.SUPERSEDED,
+            ImageStatus.SUPERSEDED,
+            ImageStatus.PREDICTED,
+        ]
+        assert [image.superseded_by_id for image in a_rows] == [a_rows[1].id, a_rows[2].id, None]
+        assert b_old.superseded_by_id == b_new.id  # linked once the watcher recorded the new bytes
+        assert "changed after it was recorded" in (b_old.reason or "")
+        with loop.sessions() as session:
+            predictions = session.execute(select(Prediction.image_id, Prediction.probabilities)).all()
+        assert sorted(image_id for image_id, _ in predictions) == sorted([a_rows[2].id, b_new.id])
+        assert len({tuple(sorted(p.items())) for _, p in predictions}) == len(predictions)
+        loop.assert_exactly_once([a_rows[2].id, b_new.id], repo.make_model_key(binary, None))

@@ -8,6 +8,7 @@ with a generous deadline, so a loaded machine makes the tests slower, never red.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -767,3 +768,293 @@ def test_source_names_fit_the_column() -> None:
     long_name = camera_source_name(Path("/mnt/" + "x" * 300))
     assert len(long_name) <= 200
     assert long_name != camera_source_name(Path("/mnt/" + "y" + "x" * 299))
+
+
+# --- integrity: only files inside the folders, one row per content, rows bound to their bytes -------
+
+
+def rows_by_path(sessions: sessionmaker[Session]) -> dict[str, Image]:
+    return {image.path: image for image, _ in all_rows(sessions)}
+
+
+@pytest.mark.parametrize("route", ["scan", "events", "rescan", "polling"])
+def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
+    sqlite_sessions: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    running: list[IngestService],
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+) -> None:
+    """Symlinked folders are never entered, wherever they appear: found by the initial scan, created in
+    an existing folder, created at once inside a new folder (whose scan once followed them), found only by
+    a rescan, or followed by the polling observer. Their files are outside the roots (or, pointing into
+    the roots, are taken by their real path only)."""
+    caplog.set_level(logging.DEBUG, logger="workers.ingest")
+    cam, outside = (tmp_path / "cam").resolve(), (tmp_path / "outside").resolve()
+    (cam / "real").mkdir(parents=True)
+    outside.mkdir()
+    for i in range(3):
+        (outside / f"out_{i}.png").write_bytes(synthetic_photo(100 + i))
+    (cam / "real" / "in.png").write_bytes(synthetic_photo(1))
+
+    def make_links() -> None:
+        (cam / "link_out").symlink_to(outside, target_is_directory=True)  # in an existing folder
+        (cam / "new").mkdir()  # a new folder with, at once, links inside it
+        (cam / "new" / "deeper_out").symlink_to(outside, target_is_directory=True)
+        (cam / "new" / "back_in").symlink_to(cam / "real", target_is_directory=True)
+
+    if route == "scan":
+        make_links()
+    if route == "rescan":
+        monkeypatch.setattr(ingest._EventRecorder, "on_any_event", lambda self, event: None)
+    publisher = Publisher(sqlite_sessions)
+    service = make_service(
+        sqlite_sessions,
+        [cam],
+        publisher,
+        rescan_seconds=0.5 if route == "rescan" else 600,
+        poll=route == "polling",
+        poll_interval_seconds=0.2,
+    )
+    running.append(service)
+    service.start()
+    wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
+    if route != "scan":
+        make_links()
+        # A file written through a link lands outside: it must not be taken either.
+        (cam / "link_out" / "written_through_link.png").write_bytes(synthetic_photo(200))
+    (cam / "sentinel.png").write_bytes(synthetic_photo(2))  # after the links: handled after them
+    scans = service.stats().scans + (2 if route == "rescan" else 0)  # two whole rescans after the links
+    wait_until(
+        lambda: len(publisher.ids()) >= 2 and service.stats().pending == 0 and service.stats().scans >= scans,
+        lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}",
+    )
+    assert service.scan_once().ingested == []  # and a scan now finds nothing more either
+    rows = rows_by_path(sqlite_sessions)
+    assert sorted(rows) == sorted([str(cam / "real" / "in.png"), str(cam / "sentinel.png")])
+    assert all(image.status is ImageStatus.NEW for image in rows.values())
+    assert sorted(p.name for p in outside.iterdir()) == sorted(
+        [f"out_{i}.png" for i in range(3)] + ([] if route == "scan" else ["written_through_link.png"])
+    )
+    if route in ("scan", "rescan", "events"):
+        # The folders a scan met (or a created-folder event named) were refused with a warning.
+        assert any("symlinked folders are not followed" in r.getMessage() for r in caplog.records), route
+
+
+def test_a_symlink_to_an_image_in_the_folders_is_recorded_by_the_file_it_points_to(
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    cam, shared = (tmp_path / "cam").resolve(), (tmp_path / "shared").resolve()
+    (cam / "z").mkdir(parents=True)
+    shared.mkdir()
+    hour_ago = time.time() - 3600
+    target = cam / "z" / "target.png"
+    target.write_bytes(synthetic_photo(1))
+    (shared / "kept.png").write_bytes(synthetic_photo(2))
+    (cam / "a_link.png").symlink_to(target)  # handled before its target (paths in order)
+    (cam / "b_link.png").symlink_to(shared / "kept.png")  # into an allowed symlink target
+    for path in (target, shared / "kept.png"):
+        os.utime(path, (hour_ago, hour_ago))
+    publisher = Publisher(sqlite_sessions)
+    service = make_service(sqlite_sessions, [cam], publisher, symlink_targets=[shared])
+    result = service.scan_once()
+    assert len(result.ingested) == 2
+    assert len(result.duplicates) == 1  # the target itself, after its link
+    rows = rows_by_path(sqlite_sessions)
+    assert sorted(rows) == sorted([str(target), str(shared / "kept.png")])
+    assert {image.original_name for image in rows.values()} == {"a_link.png", "b_link.png"}
+    assert not any(Path(path).is_symlink() for path in rows)
+
+
+def test_a_file_changed_in_place_or_replaced_by_a_rename_supersedes_its_row(
+    sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+) -> None:
+    cam = (tmp_path / "cam").resolve()
+    cam.mkdir()
+    shot = cam / "shot.png"
+    publisher = Publisher(sessions)
+    service = make_service(sessions, [cam], publisher)
+    running.append(service)
+    service.start()
+    first, second, third = (synthetic_photo(i) for i in (1, 2, 3))
+
+    def row_of(data: bytes) -> Image:
+        with sessions() as session:
+            image = repo.get_image_by_sha256(session=session, sha256=sha(data))
+        assert image is not None
+        return image
+
+    def wait_status(data: bytes, status: ImageStatus) -> None:
+        def holds() -> bool:
+            with sessions() as session:
+                image = repo.get_image_by_sha256(session=session, sha256=sha(data))
+            return image is not None and image.status is status
+
+        wait_until(holds, lambda: f"{count_rows(sessions)}, {service.stats()}")
+
+    shot.write_bytes(first)
+    wait_status(first, ImageStatus.NEW)
+    inode = shot.stat().st_ino
+    with shot.open("r+b") as handle:  # overwritten in place: same inode, new bytes
+        handle.write(second)
+        handle.truncate()
+    assert shot.stat().st_ino == inode
+    wait_status(second, ImageStatus.NEW)
+    wait_status(first, ImageStatus.SUPERSEDED)
+    a, b = row_of(first), row_of(second)
+    assert a.superseded_by_id == b.id
+    assert a.reason == f"file changed after it was recorded: {shot} now holds image {b.id}"
+
+    staging = cam / ".incoming.png"  # hidden: ignored until renamed into place
+    staging.write_bytes(third)
+    staging.replace(shot)
+    wait_status(third, ImageStatus.NEW)
+    wait_status(second, ImageStatus.SUPERSEDED)
+    c = row_of(third)
+    assert row_of(second).superseded_by_id == c.id
+
+    shot.write_bytes(first)  # the first bytes again: their row is an image again, announced again
+    wait_status(first, ImageStatus.NEW)
+    wait_status(third, ImageStatus.SUPERSEDED)
+    assert row_of(first).superseded_by_id is None
+    assert row_of(third).superseded_by_id == a.id
+    wait_until(lambda: publisher.ids().count(a.id) == 2, lambda: str(publisher.ids()))
+
+    shot.write_bytes(b"PK\x03\x04 not a photo any more")  # a bad file now: it supersedes the image
+    wait_until(
+        lambda: count_rows(sessions) == {ImageStatus.QUARANTINED: 1, ImageStatus.SUPERSEDED: 3},
+        lambda: f"{count_rows(sessions)}, {service.stats()}",
+    )
+    assert row_of(first).status is ImageStatus.SUPERSEDED
+    assert sorted(publisher.ids()) == sorted([a.id, a.id, b.id, c.id])
+    assert service.stats().superseded == 4
+    assert publisher.not_committed == []
+
+
+def test_a_quarantined_file_that_becomes_a_valid_image_supersedes_its_quarantine_row(
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+) -> None:
+    """A writer that pauses longer than the grace: its half file is quarantined as truncated; once the
+    file is complete, its image supersedes that row, and the counts say one image, no bad file."""
+    cam = (tmp_path / "cam").resolve()
+    cam.mkdir()
+    publisher = Publisher(sqlite_sessions)
+    service = make_service(sqlite_sessions, [cam], publisher)
+    running.append(service)
+    service.start()
+    data = synthetic_photo(5, fmt="JPEG")
+    with (cam / "paused.jpg").open("wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        wait_until(
+            lambda: count_rows(sqlite_sessions) == {ImageStatus.QUARANTINED: 1},
+            lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}",
+        )
+        handle.write(data[len(data) // 2 :])
+    wait_until(
+        lambda: count_rows(sqlite_sessions) == {ImageStatus.NEW: 1, ImageStatus.SUPERSEDED: 1},
+        lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}",
+    )
+    rows = {image.status: image for image, _ in all_rows(sqlite_sessions)}
+    image, stale = rows[ImageStatus.NEW], rows[ImageStatus.SUPERSEDED]
+    assert image.sha256 == sha(data)
+    assert stale.superseded_by_id == image.id
+    assert stale.path == image.path == str(cam / "paused.jpg")
+    assert "now holds image" in (stale.reason or "")
+    with sqlite_sessions() as session:
+        assert repo.count_quarantined_by_reason(session=session) == {}
+    assert publisher.ids() == [image.id]
+
+    # A file quarantined without a content hash (empty: space reserved, never written) becomes an image.
+    (cam / "reserved.png").touch()
+    wait_until(
+        lambda: count_rows(sqlite_sessions).get(ImageStatus.QUARANTINED) == 1,
+        lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}",
+    )
+    later = synthetic_photo(6)
+    (cam / "reserved.png").write_bytes(later)
+    wait_until(
+        lambda: count_rows(sqlite_sessions) == {ImageStatus.NEW: 2, ImageStatus.SUPERSEDED: 2},
+        lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}",
+    )
+    reserved = {
+        image.status: image for image, _ in all_rows(sqlite_sessions) if image.original_name == "reserved.png"
+    }
+    assert reserved[ImageStatus.SUPERSEDED].sha256 is None
+    assert reserved[ImageStatus.SUPERSEDED].superseded_by_id == reserved[ImageStatus.NEW].id
+    assert reserved[ImageStatus.NEW].sha256 == sha(later)
+
+
+def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stability_wait(
+    sqlite_sessions: sessionmaker[Session],
+    tmp_path: Path,
+    running: list[IngestService],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a stability wait far longer than the test, only the fast path can take a file: closed after
+    writing, or renamed into place (from inside the folder or from outside it), with bytes that end as
+    their format says. A file closed half-written, or one whose format has no end marker, is not."""
+    caplog.set_level(logging.DEBUG, logger="workers.ingest")
+    cam, staging = (tmp_path / "cam").resolve(), (tmp_path / "staging").resolve()
+    cam.mkdir()
+    staging.mkdir()
+    publisher = Publisher(sqlite_sessions)
+    service = make_service(
+        sqlite_sessions,
+        [cam],
+        publisher,
+        stable_seconds=600,
+        incomplete_grace_seconds=600,
+        rescan_seconds=600,
+    )
+    running.append(service)
+    service.start()
+    photos = {
+        "closed.png": synthetic_photo(1),
+        "closed.jpg": synthetic_photo(2, fmt="JPEG"),
+        "closed.webp": encode_webp(synthetic_photo(3)),
+        "moved_in.jpg": synthetic_photo(4, fmt="JPEG"),
+        "renamed.png": synthetic_photo(5),
+    }
+    for name in ("closed.png", "closed.jpg", "closed.webp"):
+        (cam / name).write_bytes(photos[name])
+    (staging / "moved_in.jpg").write_bytes(photos["moved_in.jpg"])
+    (staging / "moved_in.jpg").rename(cam / "moved_in.jpg")  # from outside the watched folder
+    (cam / "renamed.png.part").write_bytes(photos["renamed.png"])
+    (cam / "renamed.png.part").rename(cam / "renamed.png")
+    half = synthetic_photo(6)
+    (cam / "half.png").write_bytes(half[: len(half) // 2])  # closed, but stops short
+    tiff = encode_tiff(synthetic_photo(7))
+    (cam / "no_marker.tif").write_bytes(tiff)
+    wait_until(lambda: len(publisher.ids()) == 5, lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}")
+    wait_until(
+        lambda: sum("do not end as a complete image" in r.getMessage() for r in caplog.records) >= 2,
+        lambda: str(service.stats()),
+    )
+    assert {image.original_name: image.sha256 for image, _ in all_rows(sqlite_sessions)} == {
+        name: sha(data) for name, data in photos.items()
+    }
+    with (cam / "half.png").open("ab") as handle:  # the writer comes back and finishes
+        handle.write(half[len(half) // 2 :])
+    wait_until(lambda: len(publisher.ids()) == 6, lambda: f"{count_rows(sqlite_sessions)}, {service.stats()}")
+    assert sha(half) in {image.sha256 for image, _ in all_rows(sqlite_sessions)}
+    assert count_rows(sqlite_sessions) == {ImageStatus.NEW: 6}  # the TIFF waits its 600 s; nothing else
+    assert service.stats().pending == 1
+
+
+def encode_webp(png: bytes) -> bytes:
+    return converted(png, "WEBP")
+
+
+def encode_tiff(png: bytes) -> bytes:
+    return converted(png, "TIFF")
+
+
+def converted(data: bytes, fmt: str) -> bytes:
+    from PIL import Image as PILImage
+
+    buffer = io.BytesIO()
+    with PILImage.open(io.BytesIO(data)) as image:
+        image.convert("RGB").save(buffer, fmt)
+    return buffer.getvalue()

@@ -30,6 +30,7 @@ from workers.validation import (
     check_image,
     check_image_bytes,
     check_symlink,
+    is_structurally_complete,
     reason_of,
 )
 
@@ -344,3 +345,20 @@ def test_reason_phrases_are_stable_and_readable() -> None:
     assert reason_of(str(error)) == "truncated image"
     assert reason_of("empty file") == "empty file"
     assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
+def test_a_file_is_structurally_complete_only_when_it_ends_where_its_format_says(fmt: str) -> None:
+    data = encode(noise_image(size=(48, 40), seed=3), fmt)
+    assert is_structurally_complete(data)
+    for cut in (1, 2, len(data) // 3, len(data) // 2, len(data) - 1):
+        assert not is_structurally_complete(data[:cut]), cut
+    assert not is_structurally_complete(data + b"\x00")  # more than its structure says: still being written?
+
+
+def test_formats_without_an_end_marker_and_bad_files_are_never_complete() -> None:
+    assert not is_structurally_complete(encode(noise_image(seed=4), "TIFF"))
+    assert not is_structurally_complete(b"")
+    for name, (data, _) in bad_files().items():
+        if name.startswith("truncated"):
+            assert not is_structurally_complete(data), name
