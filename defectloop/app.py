@@ -202,4 +202,5 @@ def create_http_app(settings: Settings, database: Database, celery_app: Any) -> 
         webhook_secret=settings.webhook_secret.get_secret_value(),
         media_secret=config.media_secret,
         classes=settings.classes,
+        media_origins=settings.media_origins,
     )

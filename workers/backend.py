@@ -21,7 +21,7 @@ from db.schema import ModelTask, TrainingTrigger
 from db.session import session_scope
 from labelling.names import IMAGE_ID_KEY
 from labelling.payloads import AnnotationEvent, TaskPrediction, ml_predict_results
-from workers.labelling import choose_candidates, current_model_key
+from workers.labelling import choose_candidates, current_model_key, label_studio_version
 from workers.retrain_policy import request_retrain
 
 logger = logging.getLogger(__name__)
@@ -70,11 +70,18 @@ class LabellingHandlers:
 
     def model_version(self) -> str:
         with session_scope(self._sessions) as session:
-            return current_model_key(session) or NO_MODEL
+            return self._shown_version(session)
+
+    @staticmethod
+    def _shown_version(session: Session) -> str:
+        model_key = current_model_key(session)
+        return NO_MODEL if model_key is None else label_studio_version(session, model_key)
 
     def versions(self) -> list[str]:
         with session_scope(self._sessions) as session:
-            return repo.list_prediction_model_keys(session=session)
+            return [
+                label_studio_version(session, key) for key in repo.list_prediction_model_keys(session=session)
+            ]
 
     def health(self) -> dict[str, Any]:
         with session_scope(self._sessions) as session:
@@ -84,7 +91,7 @@ class LabellingHandlers:
                 )
                 for task in ModelTask
             }
-            return {"model_version": current_model_key(session) or NO_MODEL, "champions": champions}
+            return {"model_version": self._shown_version(session), "champions": champions}
 
     def request_training(self, *, reason: str) -> None:
         """Queue a whole retrain (``workers.retrain_policy``); beat's policy check sends it to the
@@ -143,7 +150,8 @@ class LabellingHandlers:
                 else TaskPrediction(label=stored[image_id].predicted_label, informativeness=ranked[image_id])
                 for image_id in image_ids
             ]
-        return ml_predict_results(answers, model_version=model_key)
+            shown = label_studio_version(session, model_key)
+        return ml_predict_results(answers, model_version=shown)
 
     def media_path(self, kind: str, image_id: int) -> Path | None:
         if kind == "heatmap":

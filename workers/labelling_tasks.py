@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from db.session import session_scope
-from labelling.errors import LabelStudioUnavailableError
+from labelling.errors import LabellingError, LabelStudioUnavailableError
 from labelling.payloads import AnnotationEvent
 from workers import labelling
 from workers.queues import Queue, idempotent_task_options
@@ -91,6 +91,7 @@ class _LabellingRuntime:
         self._lock = threading.Lock()
         self._gateway: LabelStudioGateway | None = None
         self._project_id: int | None = None
+        self._emails: dict[int, str] = {}
 
     @property
     def sessions(self) -> Any:
@@ -120,6 +121,27 @@ class _LabellingRuntime:
             self._project_id = project.id
         return self._project_id
 
+    def with_emails(self, events: Sequence[AnnotationEvent]) -> list[AnnotationEvent]:
+        """Events whose annotator is a bare Label Studio user id (webhooks send no more) get the user's
+        e-mail address; when Label Studio cannot say, the id stays and the event is recorded anyway."""
+        named = []
+        for event in events:
+            annotator = event.annotator
+            if annotator is not None and annotator.isascii() and annotator.isdigit():
+                user_id = int(annotator)
+                if user_id not in self._emails:
+                    try:
+                        email = self.gateway.user_email(user_id=user_id)
+                    except LabellingError as exc:
+                        logger.warning("annotator %d recorded by id: %s", user_id, exc)
+                        email = None
+                    if email:
+                        self._emails[user_id] = email
+                if user_id in self._emails:
+                    event = replace(event, annotator=self._emails[user_id])
+            named.append(event)
+        return named
+
     def sink(self) -> labelling.LabelStudioSink:
         from workers.explain import GradcamHeatmaps
 
@@ -131,6 +153,7 @@ class _LabellingRuntime:
             project_id=self.project_id,
             media_url=self.config.media_url,
             heatmap=heatmaps,
+            good_class=self.classes[0],
         )
 
     def embedder(self) -> labelling.Embedder:
@@ -205,6 +228,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
     def record_annotations(events: list[dict[str, Any]]) -> dict[str, Any]:
         """Record annotation events from the webhook receiver (idempotent by annotation id)."""
         parsed = [AnnotationEvent.from_json(event) for event in events]  # bad input raises: not retried
+        parsed = runtime.with_emails(parsed)
         with session_scope(runtime.sessions) as session:
             report = labelling.record_annotation_events(session=session, events=parsed)
         return report.as_dict()
