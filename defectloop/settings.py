@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(
-        default=Path("var"),
-        description="Where the embedded database, broker, model artifacts and reports live.",
+        default_factory=lambda: default_data_dir(),
+        description="Where the embedded database, broker, model artifacts and reports live "
+        "(default: $XDG_DATA_HOME/defectloop, else ~/.local/share/defectloop; a relative path is taken "
+        "from the directory the command starts in, once, and every process it starts gets the absolute one).",
     )
     datasets_dir: Path = Field(
         default=Path("../shared/datasets"),
@@ -100,10 +102,21 @@ class Settings(BaseSettings):
         "empty means http://HTTP_HOST:HTTP_PORT.",
     )
     labelling_push_interval_s: float = Field(
-        default=300.0, gt=0, description="How often beat selects images and pushes them to Label Studio."
+        default=30.0,
+        gt=0,
+        description="How often beat tops Label Studio's queue up (also once when beat starts).",
+    )
+    labelling_queue_target: int = Field(
+        default=40,
+        ge=1,
+        le=100_000,
+        description="Open tasks beat keeps in Label Studio: each push adds up to LABELLING_BATCH_SIZE, "
+        "never more than this many waiting.",
     )
     reconcile_interval_s: float = Field(
-        default=300.0, gt=0, description="How often beat pulls annotations that webhooks may have missed."
+        default=60.0,
+        gt=0,
+        description="How often beat pulls annotations (and deletions) that webhooks may have missed.",
     )
     heatmaps: bool = Field(default=True, description="Render a Grad-CAM overlay for every pushed task.")
     media_allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -336,6 +349,12 @@ class Settings(BaseSettings):
                 text = str(value)
             shown[env_name(name)] = text
         return shown
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/defectloop`` (``~/.local/share/defectloop``): one place, wherever a command runs."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "defectloop"
 
 
 def env_name(field: str) -> str:

@@ -66,10 +66,11 @@ class Deployment:
         )
         return result
 
-    def start(self, name: str, *args: str) -> None:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        """Start ``defectloop ARGS`` as process ``name`` (``env``: settings added for it alone)."""
         with (self.root / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [DEFECTLOOP, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [DEFECTLOOP, *args], env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
             )
 
     def stop(self, name: str) -> None:
@@ -90,8 +91,8 @@ class Deployment:
         except httpx.HTTPError:
             return False
 
-    def wait_for(self, what: str, check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + DEADLINE_S
+    def wait_for(self, what: str, check: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:
+        deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             if check():
                 return
@@ -171,12 +172,15 @@ def deploy(
     title: str,
     *,
     photos: Sequence[Path] | None = None,
+    recorded_images: bool = True,
+    processes: bool = True,
     **extra_env: str,
 ) -> Iterator[Deployment]:
     """Registry, classified camera images, ``labelling init``, a receiver and a labelling worker.
 
-    ``photos``: files the camera images are copied from (default: noise). ``extra_env`` adds or
-    overrides ``DEFECTLOOP_`` settings of every process started.
+    ``photos``: files the camera images are copied from (default: noise). Without
+    ``recorded_images`` the registry holds no image (a camera feeds it); without ``processes`` the test
+    starts what it needs. ``extra_env`` adds or overrides ``DEFECTLOOP_`` settings of every process.
     """
     database_url = f"sqlite:///{root / 'defectloop.db'}"
     upgrade(database_url)
@@ -184,17 +188,21 @@ def deploy(
     sessions = make_session_factory(engine)
     register_champion(sessions, root, ModelTask.BINARY, seed=1)
     register_champion(sessions, root, ModelTask.MULTICLASS, seed=2)
-    ids = camera_images(sessions, root / "camera", photos)
-    champions = classification.ChampionCache(lambda ref: classification.load_predictor(ref, backend="eager"))
-    report = classification.classify_images(
-        ids,
-        sessions=sessions,
-        champions=champions,
-        good_class=DEFAULT_CLASSES[0],
-        defect_classes=DEFAULT_CLASSES[1:],
-        batch_size=8,
-    )
-    assert len(report.predicted) == N_IMAGES
+    ids = []
+    if recorded_images:
+        ids = camera_images(sessions, root / "camera", photos)
+        champions = classification.ChampionCache(
+            lambda ref: classification.load_predictor(ref, backend="eager")
+        )
+        report = classification.classify_images(
+            ids,
+            sessions=sessions,
+            champions=champions,
+            good_class=DEFAULT_CLASSES[0],
+            defect_classes=DEFAULT_CLASSES[1:],
+            batch_size=8,
+        )
+        assert len(report.predicted) == N_IMAGES
 
     port = find_free_port()
     public_url = f"http://127.0.0.1:{port}"
@@ -230,8 +238,9 @@ def deploy(
         )
         try:
             state.cli("labelling", "init")
-            state.start_receiver()
-            state.start("worker", "worker", "--queues", "labelling", "--inference-backend", "eager")
+            if processes:
+                state.start_receiver()
+                state.start("worker", "worker", "--queues", "labelling", "--inference-backend", "eager")
             yield state
         finally:
             for process in state.processes.values():

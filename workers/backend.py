@@ -43,8 +43,10 @@ class LabellingHandlers:
         strategy: str,
         heatmaps_dir: Path | None,
         score: Callable[[Sequence[tuple[int, str]]], None] | None = None,
+        publish_retrain: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._publish_retrain = publish_retrain
         self._publish = publish_events
         self._classes = tuple(classes)
         self._strategy = (
@@ -94,11 +96,17 @@ class LabellingHandlers:
             return {"model_version": self._shown_version(session), "champions": champions}
 
     def request_training(self, *, reason: str) -> None:
-        """Queue a whole retrain (``workers.retrain_policy``); beat's policy check sends it to the
-        training worker. A request already pending absorbs this one."""
+        """Queue a whole retrain (``workers.retrain_policy``; a request already pending absorbs this one)
+        and tell the training worker at once, so a retrain starts now when none is running (beat's
+        policy check sends it again if this message is lost; a duplicate claims nothing)."""
         created = request_retrain(sessions=self._sessions, trigger=TrainingTrigger.LS_WEBHOOK, reason=reason)
         if not created:
             logger.info("retrain already requested; %s joins it", reason)
+        if self._publish_retrain is not None:
+            try:
+                self._publish_retrain()
+            except Exception as exc:  # the request is recorded: beat's policy check publishes it
+                logger.warning("retrain requested but not sent now (%s); beat's policy check will", exc)
 
     def _image_ids(self, tasks: Sequence[Mapping[str, Any]]) -> list[int | None]:
         ids: list[int | None] = []

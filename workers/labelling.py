@@ -376,8 +376,13 @@ def push_labelling_batch(
     classes: Sequence[str],
     seed: int = 0,
     embed: Embedder | None = None,
+    keep_open: int | None = None,
 ) -> PushReport:
     """Plan up to ``k`` new images (plus any earlier push that did not finish) and push them to ``sink``.
+
+    With ``keep_open`` (beat's push), only as many as bring the project's open tasks (pushed, waiting
+    for a label) up to it: the queue stays supplied while the rest of the pool waits to be ranked by
+    later, better models.
 
     Safe to run twice at once or after a crash at any point: one push per project runs at a time (a
     lease in the database; the other returns an empty report), planning is idempotent per (image,
@@ -393,6 +398,11 @@ def push_labelling_batch(
             statuses=[LabelTaskStatus.PENDING, LabelTaskStatus.FAILED],
         )
         report.retried = len(unfinished)
+        if keep_open is not None:
+            waiting = repo.list_label_tasks(
+                session=session, ls_project_id=ls_project_id, statuses=[LabelTaskStatus.PUSHED]
+            )
+            k = min(k, max(0, keep_open - len(waiting) - len(unfinished)))
         report.planned = plan_labelling_batch(
             session=session,
             ls_project_id=ls_project_id,

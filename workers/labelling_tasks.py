@@ -64,8 +64,9 @@ class LabellingConfig:
     media_secret: str = field(repr=False)
     strategy: str = "entropy"
     batch_size: int = 20
-    push_interval_s: float = 300.0
-    reconcile_interval_s: float = 300.0
+    queue_target: int = 40
+    push_interval_s: float = 30.0
+    reconcile_interval_s: float = 60.0
     heatmaps_dir: Path | None = None
     label_studio_timeout_s: float = 10.0
 
@@ -201,7 +202,8 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
 
     @app.task(name=PUSH_TASK, **common)  # type: ignore[untyped-decorator]  # celery is untyped
     def push_labelling_batch(k: int | None = None) -> dict[str, Any]:
-        """Re-rank open tasks under the current champions, then push the next ``k`` most informative."""
+        """Re-rank open tasks under the current champions, then push the next ``k`` most informative
+        (beat gives no ``k``: up to the batch size, topping the open tasks up to the queue target)."""
         sink = runtime.sink()
         project_id = runtime.project_id
         refreshed = labelling.refresh_labelling_predictions(
@@ -221,6 +223,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
             k=config.batch_size if k is None else int(k),
             classes=runtime.classes,
             embed=embed,
+            keep_open=config.queue_target if k is None else None,
         )
         return {**report.as_dict(), "refreshed": refreshed}
 

@@ -28,7 +28,7 @@ from labelling.names import IMAGE_ID_KEY, SECRET_HEADER
 from tests.label_studio_fixtures import unique_project_title
 from tests.labelling_deployment import DEFECTLOOP, N_IMAGES, SECRET, Deployment, deploy, register_champion
 from workers import classification
-from workers.labelling import current_model_key
+from workers.labelling import current_model_key, label_studio_version
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +65,11 @@ def test_push_orders_the_queue_by_informativeness_and_never_pushes_an_image_twic
     ours = [t.ls_task_id for t in sorted(tasks, key=lambda t: (-t.informativeness, t.id))]
     assert deployment.gateway.task_ids_by_score(project_id=deployment.project_id) == ours
     project = deployment.gateway.get_project(project_id=deployment.project_id)
-    assert project["model_version"] == tasks[0].model_key
     with deployment.sessions() as session:
+        # Label Studio shows the registry's names of the champions, as `defectloop versions` lists them.
+        shown = label_studio_version(session, tasks[0].model_key or "")
+        assert shown == "binary-baseline_cnn-0001+multiclass-baseline_cnn-0002"
+        assert project["model_version"] == shown
         statuses = repo.count_images_by_status(session=session)
     assert statuses[ImageStatus.LABELLING] == 20
 
@@ -106,7 +109,7 @@ def test_a_submitted_annotation_reaches_the_database_and_updates_and_deletes_fol
     row = recorded()
     assert row is not None
     assert (row.image_id, row.label, row.deleted) == (image_id, "hole", False)
-    assert row.annotator  # who labelled it
+    assert row.annotator == deployment.server.username  # who labelled it, by e-mail
     assert row.annotated_at is not None
     assert len(deployment.annotations()) == before + 1
     with deployment.sessions() as session:
@@ -205,8 +208,12 @@ def test_label_studio_gets_predictions_from_our_ml_backend(deployment: Deploymen
     imported = gateway.import_tasks(
         project_id=project_id,
         tasks=[
-            *({"data": {"image": "http://127.0.0.1:9/x.png", "heatmap": "", IMAGE_ID_KEY: i}} for i in ours),
-            {"data": {"image": "http://example.invalid/x.png", "heatmap": ""}},
+            # The label config names image, heatmap and guess: Label Studio refuses a task without one.
+            *(
+                {"data": {"image": "http://127.0.0.1:9/x.png", "heatmap": "", "guess": "", IMAGE_ID_KEY: i}}
+                for i in ours
+            ),
+            {"data": {"image": "http://example.invalid/x.png", "heatmap": "", "guess": ""}},
         ],
     )
     gateway.request_ml_predictions(project_id=project_id, task_ids=imported)
@@ -217,7 +224,7 @@ def test_label_studio_gets_predictions_from_our_ml_backend(deployment: Deploymen
 
     deployment.wait_for("predictions from our backend", predicted)
     with deployment.sessions() as session:
-        key = current_model_key(session)
+        key = label_studio_version(session, current_model_key(session) or "")
     listed = {t["id"]: t for t in gateway.list_tasks(project_id=project_id)}
     scores = []
     for task_id in imported[:3]:
@@ -311,6 +318,9 @@ def test_a_new_champion_re_predicts_the_open_tasks_and_label_studio_re_ranks_the
     deployment: Deployment,
 ) -> None:
     _tasks_by_image(deployment)
+    heatmaps = deployment.root / "heatmaps"
+    drawn_before = {path.name: path.stat().st_mtime_ns for path in heatmaps.glob("*.png")}
+    assert drawn_before, "the pushes drew no heat-map"
     register_champion(deployment.sessions, deployment.root, ModelTask.BINARY, seed=3)
     with deployment.sessions.begin() as session:
         newest = max(repo.list_model_versions(session=session, task=ModelTask.BINARY), key=lambda v: v.id)
@@ -319,9 +329,13 @@ def test_a_new_champion_re_predicts_the_open_tasks_and_label_studio_re_ranks_the
         key = current_model_key(session)
     assert key is not None
 
+    with deployment.sessions() as session:
+        shown = label_studio_version(session, key)
+    assert shown.startswith("binary-baseline_cnn-0003+")
+
     deployment.cli("labelling", "push")
     project_id = deployment.project_id
-    assert deployment.gateway.get_project(project_id=project_id)["model_version"] == key
+    assert deployment.gateway.get_project(project_id=project_id)["model_version"] == shown
     open_tasks = [t for t in deployment.label_tasks() if t.status.value == "pushed"]
     assert open_tasks, "every task was annotated: nothing left to re-rank"
     assert {t.model_key for t in open_tasks} == {key}
@@ -330,4 +344,38 @@ def test_a_new_champion_re_predicts_the_open_tasks_and_label_studio_re_ranks_the
     assert [task_id for task_id in queue if task_id in set(ours)] == ours
     listed = {t["id"]: t for t in deployment.gateway.list_tasks(project_id=project_id)}
     for task_id in ours:
-        assert key in {p["model_version"] for p in listed[task_id]["predictions"]}
+        assert shown in {p["model_version"] for p in listed[task_id]["predictions"]}
+        # The task says which models made its guess and its heat-map, and the heat-map is the new one's.
+        assert listed[task_id]["data"]["model"] == shown
+    for task in open_tasks:
+        redrawn = heatmaps / f"{task.image_id}.png"
+        # (an adopted task had none: drawn now)
+        assert redrawn.stat().st_mtime_ns > drawn_before.get(redrawn.name, 0), "heat-map not redrawn"
+
+
+def test_beat_alone_finds_a_deletion_made_while_the_receiver_was_down(deployment: Deployment) -> None:
+    tasks = _tasks_by_image(deployment)
+    image_id, task_id = sorted(tasks.items())[12]
+    annotation_id = deployment.gateway.create_annotation(task_id=task_id, choice="raw_edge")
+
+    def row() -> Annotation | None:
+        return next((a for a in deployment.annotations() if a.ls_annotation_id == annotation_id), None)
+
+    deployment.wait_for("the webhook's annotation", lambda: row() is not None)
+    deployment.stop("serve")
+    deployment.gateway.delete_annotation(annotation_id=annotation_id)  # no webhook can arrive
+    deployment.start_receiver()
+    time.sleep(1.0)
+    assert not row().deleted  # type: ignore[union-attr]
+
+    # Nobody runs `labelling reconcile`: beat's own schedule (every 2 s here) finds it.
+    deployment.start("beat", "beat", env={"DEFECTLOOP_RECONCILE_INTERVAL_S": "2"})
+    deployment.wait_for("beat's reconciliation to record the deletion", lambda: row().deleted)  # type: ignore[union-attr]
+    deployment.stop("beat")
+    with deployment.sessions() as session:
+        assert repo.get_image(session=session, image_id=image_id).status is ImageStatus.LABELLING
+        task = repo.get_label_task_by_ls_id(
+            session=session, ls_project_id=deployment.project_id, ls_task_id=task_id
+        )
+        assert task is not None
+        assert task.status.value == "pushed"  # open again: the next champion re-scores it

@@ -6,6 +6,7 @@ planning, recording and reconciliation run for real.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -452,12 +453,14 @@ def test_backend_handlers_answer_predict_in_task_order_and_know_only_pushed_task
     heatmaps = tmp_path / "heatmaps"
     heatmaps.mkdir()
     (heatmaps / f"{ids[0]}.png").write_bytes(b"png")
+    retrains: list[str] = []
     handlers = LabellingHandlers(
         sessions=sessions,
         publish_events=published.append,
         classes=CLASSES,
         strategy="entropy",
         heatmaps_dir=heatmaps,
+        publish_retrain=lambda: retrains.append("sent"),
     )
     with sessions() as session:
         key = repo.get_model_version(session=session, version_id=binary_id).name
@@ -485,6 +488,7 @@ def test_backend_handlers_answer_predict_in_task_order_and_know_only_pushed_task
     assert handlers.media_path("image", 424242) is None
 
     handlers.request_training(reason="Label Studio START_TRAINING")
+    assert retrains == ["sent"]  # the training worker hears at once, not at beat's next policy check
     handlers.request_training(reason="pressed twice")  # joins the pending request
     with sessions() as session:
         runs = session.scalars(select(TrainingRun)).all()
@@ -536,6 +540,21 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
     for name in (PUSH_TASK, RECORD_TASK, RECONCILE_TASK):
         assert app.conf.task_routes[name] == {"queue": "labelling"}
         assert app.tasks[name].acks_late
+    # Beat sends every entry once when it starts: the first push does not wait a whole interval.
+    from workers.celery_app import send_beat_entries_now
+
+    sent = send_beat_entries_now(app)
+    assert {"push-labelling-batch", "reconcile-annotations", "requeue-waiting-images"} <= set(sent)
+    with sqlite3.connect(tmp_path / "broker.db") as db:
+        queued = dict(
+            db.execute(
+                "SELECT q.name, count(*) FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                "GROUP BY q.name"
+            ).fetchall()
+        )
+    assert queued["labelling"] == 2  # the push and the reconciliation
+    assert queued["maintenance"] == len(sent) - 2
+    app.close()
     assert "token-0123" not in repr(config)
     assert config.media_url("image", 5).startswith("http://127.0.0.1:8000/media/image/5?sig=")
     with pytest.raises(ValueError, match="DEFECTLOOP_LABEL_STUDIO_API_KEY"):
@@ -546,6 +565,37 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
             public_url="http://y",
             media_secret="m",
         )
+
+
+def test_beat_tops_the_open_tasks_up_to_the_queue_target_and_an_explicit_k_pushes_k(
+    sessions: sessionmaker[Session],
+) -> None:
+    _pool(sessions, n=8)
+    sink = RecordingSink()
+
+    def beat_push() -> Any:
+        return labelling.push_labelling_batch(
+            sessions=sessions,
+            sink=sink,
+            ls_project_id=7,
+            strategy="entropy",
+            k=3,
+            classes=CLASSES,
+            keep_open=5,
+        )
+
+    assert len(beat_push().pushed) == 3  # at most a batch per push
+    assert len(beat_push().pushed) == 2  # up to the target of 5 open tasks
+    assert len(beat_push().pushed) == 0  # the annotators have enough
+    # An annotator labels two: the next push brings the queue back to five.
+    with sessions.begin() as session:
+        done = [t for t in session.scalars(select(LabelTask)) if t.ls_task_id is not None][:2]
+        for n, task in enumerate(done):
+            labelling.record_annotation_events(
+                session=session, events=[_event(AnnotationAction.CREATED, 900 + n, task.ls_task_id, "hole")]
+            )
+    assert len(beat_push().pushed) == 2
+    assert len(_push(sessions, sink, k=1).pushed) == 1  # an engineer's `labelling push --k 1`
 
 
 def test_only_one_push_per_project_runs_at_a_time(sessions: sessionmaker[Session]) -> None:
