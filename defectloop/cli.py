@@ -8,6 +8,7 @@ settings, or a command that is not built yet.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -67,8 +68,10 @@ def _root(ctx: typer.Context) -> None:
         force=True,
     )
     if settings.log_level != "DEBUG":
-        # Alembic narrates every plugin it loads at INFO; users only need to hear about failures.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # Alembic narrates every plugin it loads, and httpx every request the Label Studio SDK makes, at
+        # INFO; users only need to hear about failures.
+        for noisy in ("alembic", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = settings
 
 
@@ -160,6 +163,7 @@ def status(ctx: typer.Context) -> None:
             ]
     finally:
         database.dispose()
+    console.print(f"data dir: {_settings(ctx).data_dir}", highlight=False)
     table = Table(title="images")
     table.add_column("status")
     table.add_column("count", justify="right")
@@ -1130,6 +1134,10 @@ def up(
     open_database(settings).dispose()  # one clear error here rather than three from the children
     from defectloop.supervise import run_processes
 
+    # Every child finds the same data dir, whatever its working directory (the settings resolved it).
+    os.environ["DEFECTLOOP_DATA_DIR"] = str(settings.data_dir)
+    logger.info("data dir: %s", settings.data_dir)
+
     base = [sys.executable, "-m", "defectloop.cli"]
     commands = {
         "worker": [
@@ -1281,17 +1289,23 @@ def _reconcile(ctx: typer.Context, *, full: bool) -> None:
 
 @labelling_app.command("serve-dev")
 def labelling_serve_dev(
+    ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Server data (default: a temporary folder).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Server data: projects, login, token (default: label-studio/ in the data dir)."),
+    ] = None,
 ) -> None:
-    """Install (once) and run a local Label Studio server for development, until Ctrl-C."""
+    """Install (once) and run a local Label Studio server for development, until Ctrl-C.
+
+    Its data (projects, annotations, the admin's login and API token) is kept across restarts.
+    """
     from labelling import devserver
 
-    argv = ["serve"]
+    folder = data_dir or _settings(ctx).data_dir / "label-studio"
+    argv = ["serve", "--data-dir", str(folder)]
     if port is not None:
         argv += ["--port", str(port)]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
     raise typer.Exit(devserver.main(argv))
 
 

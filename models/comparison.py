@@ -20,6 +20,7 @@ __all__ = [
     "THRESHOLD_KEY",
     "BootstrapInterval",
     "Decision",
+    "DegenerateThresholdError",
     "Evaluation",
     "McNemarResult",
     "PromotionPolicy",
@@ -36,6 +37,7 @@ __all__ = [
     "positive_f1",
     "softmax",
     "stored_threshold",
+    "threshold_flag",
     "tune_threshold",
 ]
 
@@ -296,6 +298,11 @@ def fit_temperature(
 DEFAULT_THRESHOLD = 0.5
 
 
+class DegenerateThresholdError(ValueError):
+    """No cut on the validation scores calls some images positive and others negative (every score tied,
+    or no negative example): a tuned threshold would call every image one class, so none is returned."""
+
+
 @dataclass(frozen=True)
 class ThresholdChoice:
     """The cut on p(positive) that maximises the positive class's F1 on held-out data.
@@ -303,6 +310,11 @@ class ThresholdChoice:
     A score ``p >= threshold`` is called positive. ``f1``/``precision``/``recall`` are at that cut,
     ``f1_at_default`` at 0.5, for comparison; ``support`` counts the positives it was tuned on (few
     positives make a noisy cut: read it with that number).
+
+    The cut is never degenerate: it calls at least one of the ``n`` tuning images negative
+    (``called_positive`` < ``n``). ``degenerate_refused`` says that calling every image positive would have
+    scored a higher F1 (``f1_all_positive``, the F1 of that trivial rule) and was refused: the scores then
+    separate the classes no better than "everything defective" does, which a report should say.
     """
 
     threshold: float
@@ -311,8 +323,12 @@ class ThresholdChoice:
     recall: float
     f1_at_default: float
     support: int
+    n: int = 0
+    called_positive: int = 0
+    f1_all_positive: float = 0.0
+    degenerate_refused: bool = False
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return {
             "threshold": self.threshold,
             "f1": self.f1,
@@ -320,6 +336,10 @@ class ThresholdChoice:
             "recall": self.recall,
             "f1_at_default": self.f1_at_default,
             "support": self.support,
+            "n": self.n,
+            "called_positive": self.called_positive,
+            "f1_all_positive": self.f1_all_positive,
+            "degenerate_refused": self.degenerate_refused,
         }
 
 
@@ -353,13 +373,19 @@ def positive_f1(y_true: ArrayLike, p_positive: ArrayLike, threshold: float) -> f
 
 
 def tune_threshold(y_true: ArrayLike, p_positive: ArrayLike) -> ThresholdChoice:
-    """The threshold that maximises the positive class's F1 on (``y_true``, ``p_positive``).
+    """The threshold that maximises the positive class's F1 on (``y_true``, ``p_positive``), among the cuts
+    that call at least one image negative.
 
     Only the scores' order matters, so every cut between two distinct scores is tried; the threshold
-    returned lies midway between the lowest score called positive and the next lower score (or 0, below
-    the lowest score), so a new image scored like a validation one gets the same call.
-    Of equal F1s the cut nearest 0.5 wins. Raises ``ValueError`` without a positive or with a
-    probability outside [0, 1]: nothing can be tuned then, keep 0.5.
+    returned lies midway between the lowest score called positive and the next lower score, so a new image
+    scored like a validation one gets the same call. Of equal F1s the cut nearest 0.5 wins.
+
+    The cut below the lowest score, which calls every image positive, is never returned: with many
+    defects in a small validation split its F1 is high (31 defects of 37: 0.91) for a model that learned
+    nothing. When it would have won, the best other cut is returned with ``degenerate_refused=True``.
+    Raises ``DegenerateThresholdError`` (a ``ValueError``) when no cut separates anything (every score
+    tied, or no negative example) and ``ValueError`` without a positive or with a probability outside
+    [0, 1]: nothing can be tuned then, keep 0.5.
     """
     y = _as_labels(y_true, "y_true", 2)
     p = np.asarray(p_positive, dtype=np.float64)
@@ -371,6 +397,12 @@ def tune_threshold(y_true: ArrayLike, p_positive: ArrayLike) -> ThresholdChoice:
     positives = int(np.sum(y == 1))
     if positives == 0:
         raise ValueError("cannot tune a threshold without a positive example; keep 0.5")
+    n = len(y)
+    if positives == n:
+        raise DegenerateThresholdError(
+            "cannot tune a threshold without a negative example (it would call every image positive); "
+            "keep 0.5"
+        )
     order = np.argsort(-p, kind="stable")
     scores, hits = p[order], (y[order] == 1).astype(np.float64)
     # The cut after position i calls scores[: i + 1] positive; only cuts between distinct scores count.
@@ -379,10 +411,18 @@ def tune_threshold(y_true: ArrayLike, p_positive: ArrayLike) -> ThresholdChoice:
     called = (np.nonzero(last_of_run)[0] + 1).astype(np.float64)
     f1 = _f1_counts(tp, called - tp, positives - tp)
     lowest = scores[last_of_run]
-    below = np.append(lowest[1:], 0.0)
-    middle = (lowest + below) / 2.0
+    below = lowest[1:]
+    middle = (lowest[:-1] + below) / 2.0
     # Midway, unless the two scores are too close for a float between them (5e-324 and 0): then the score.
-    cuts = np.where(middle > below, middle, lowest)
+    cuts = np.where(middle > below, middle, lowest[:-1])
+    # The last cut calls every image positive: it is the trivial rule, reported but never chosen.
+    f1_all_positive = float(f1[-1])
+    f1 = f1[:-1]
+    if f1.size == 0:
+        raise DegenerateThresholdError(
+            f"all {n} scores are equal ({scores[0]:.6g}): no threshold calls some images positive and others "
+            "negative; keep 0.5"
+        )
     best = np.flatnonzero(f1 >= f1.max() - 1e-12)
     i = int(best[np.argmin(np.abs(cuts[best] - DEFAULT_THRESHOLD))])
     threshold = float(cuts[i])
@@ -393,7 +433,34 @@ def tune_threshold(y_true: ArrayLike, p_positive: ArrayLike) -> ThresholdChoice:
         recall=float(tp[i] / positives),
         f1_at_default=positive_f1(y, p, DEFAULT_THRESHOLD),
         support=positives,
+        n=n,
+        called_positive=int(called[i]),
+        f1_all_positive=f1_all_positive,
+        degenerate_refused=bool(f1_all_positive > float(f1[i]) + 1e-12),
     )
+
+
+def threshold_flag(metrics: Mapping[str, Any] | None) -> str | None:
+    """A short warning about a binary version's decision threshold, for tables and reports, or None.
+
+    Reads the ``threshold_tuning`` entry the trainer stores with a version: a refused tuning (no cut
+    separated the validation images; the version calls at 0.5) or a refused degenerate cut (calling
+    every validation image defective would have scored higher than any real cut).
+    """
+    tuning = (metrics or {}).get("threshold_tuning")
+    if not isinstance(tuning, Mapping):
+        return None
+    refused = tuning.get("refused")
+    if isinstance(refused, str) and refused:
+        return f"not tuned: {refused}"
+    if tuning.get("degenerate_refused") is True:
+        f1 = tuning.get("f1")
+        trivial = tuning.get("f1_all_positive")
+        numbers = ""
+        if isinstance(f1, int | float) and isinstance(trivial, int | float):
+            numbers = f" (defect F1 {float(f1):.3f} vs {float(trivial):.3f} calling every image defective)"
+        return f"no better than calling every image defective on validation{numbers}"
+    return None
 
 
 # ------------------------------------------------------------------------------------- paired statistics

@@ -30,6 +30,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import OperationalError
@@ -366,6 +367,27 @@ def _republish_orphans(app: Any, config: WorkerConfig) -> None:
         engine.dispose()
 
 
+def send_beat_entries_now(app: Any) -> list[str]:
+    """Send every beat entry's task once, now; the names sent. A broker that is down is logged, not fatal:
+    the schedule sends them again."""
+    sent = []
+    for name, entry in sorted(app.conf.beat_schedule.items()):
+        try:
+            app.send_task(
+                entry["task"],
+                args=entry.get("args", ()),
+                kwargs=entry.get("kwargs", {}),
+                **entry.get("options", {}),
+                retry=False,
+            )
+        except (*TRANSIENT_ERRORS, KombuOperationalError, OSError) as exc:
+            logger.warning("beat start: could not send %s now (%s); the schedule will", name, exc)
+            continue
+        sent.append(name)
+    logger.info("beat start: sent %s", ", ".join(sent) or "nothing")
+    return sent
+
+
 def publish_classification(app: Any, image_ids: Iterable[int], *, retry: bool = True) -> None:
     """Send one ``classify_images`` message for these ids to the inference queue (a short retry policy)."""
     ids = [int(i) for i in image_ids]
@@ -420,8 +442,15 @@ def run_worker(
     return int(code or 0)
 
 
-def run_beat(app: Any, *, schedule_path: Path, loglevel: str = "INFO") -> int:
-    """Run the beat scheduler in this process (the sweeper on its schedule) until it is stopped."""
+def run_beat(app: Any, *, schedule_path: Path, loglevel: str = "INFO", run_at_start: bool = True) -> int:
+    """Run the beat scheduler in this process until it is stopped.
+
+    Celery runs an interval entry first one interval after start; with ``run_at_start`` every entry is
+    also sent once now, so the first labelling push, reconciliation and sweep happen when beat starts
+    (all beat's tasks are idempotent, so a restart that sends them again does no harm).
+    """
     schedule_path.parent.mkdir(parents=True, exist_ok=True)
+    if run_at_start:
+        send_beat_entries_now(app)
     code = app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule_path}"])
     return int(code or 0)

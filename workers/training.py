@@ -431,10 +431,16 @@ def _train_and_register(
             "history": [dict(row) for row in result.history],
             "train_seconds": round(time.perf_counter() - started, 3),
         }
-        threshold = _tune_threshold(model_task, class_names, val_labels, result.val_probs)
+        threshold, refused = _tune_threshold(model_task, class_names, val_labels, result.val_probs)
         if threshold is not None:
             metrics[THRESHOLD_KEY] = threshold.threshold
             metrics["threshold_tuning"] = {**threshold.to_dict(), "tuned_on": "validation split"}
+        elif refused is not None:  # recorded, so `versions`, `status` and reports can say why it calls at 0.5
+            metrics["threshold_tuning"] = {
+                "refused": refused,
+                "threshold": 0.5,
+                "tuned_on": "validation split",
+            }
         outcome = _register(
             sessions=sessions,
             run_id=run_id,
@@ -478,19 +484,27 @@ def _train_and_register(
 
 def _tune_threshold(
     task: Task, class_names: Sequence[str], val_labels: Sequence[int], val_probs: Any
-) -> ThresholdChoice | None:
+) -> tuple[ThresholdChoice | None, str | None]:
     """A binary model's decision threshold, tuned for defect F1 on the validation split (the one that
-    also picked the best epoch). A rare defect class often leaves p(defect) below 0.5 for most defects;
-    the tuned cut is stored with the version and every call (worker, ``evaluate``) is made at it."""
+    also picked the best epoch), or why none was (then the version calls at 0.5). A rare defect class
+    often leaves p(defect) below 0.5 for most defects; the tuned cut is stored with the version and every
+    call (worker, ``evaluate``) is made at it. A cut calling every image defective is never chosen."""
     if task != "binary":
-        return None
+        return None, None
     column = list(class_names).index(DEFECTIVE)
     positives = [int(label == column) for label in val_labels]
     try:
         choice = tune_threshold(positives, val_probs[:, column])
     except ValueError as exc:
         logger.warning("decision threshold left at 0.5: %s", exc)
-        return None
+        return None, str(exc)
+    if choice.degenerate_refused:
+        logger.warning(
+            "decision threshold: calling every validation image defective would score defect F1 %.3f, "
+            "above the %.3f of the best real cut; refused (the model separates nothing better than that)",
+            choice.f1_all_positive,
+            choice.f1,
+        )
     logger.info(
         "decision threshold %.3f tuned on validation: defect F1 %.3f (%.3f at 0.5), %d defects",
         choice.threshold,
@@ -498,7 +512,7 @@ def _tune_threshold(
         choice.f1_at_default,
         choice.support,
     )
-    return choice
+    return choice, None
 
 
 def _task_records(

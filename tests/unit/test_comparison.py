@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from models.comparison import (
     Decision,
+    DegenerateThresholdError,
     PromotionPolicy,
     apply_temperature,
     bootstrap_macro_f1_difference,
@@ -27,6 +28,7 @@ from models.comparison import (
     positive_f1,
     softmax,
     stored_threshold,
+    threshold_flag,
     tune_threshold,
 )
 
@@ -414,10 +416,70 @@ def test_threshold_ties_go_to_the_cut_nearest_one_half() -> None:
     # and among equal F1s the one nearest 0.5 wins.
     assert tune_threshold([0, 1], [0.2, 0.8]).threshold == pytest.approx(0.5)
     # Tied scores are one cut: both are called positive or neither.
-    assert tune_threshold([0, 1], [0.9, 0.9]).threshold == pytest.approx(0.45)
+    assert tune_threshold([0, 1, 0], [0.9, 0.9, 0.1]).threshold == pytest.approx(0.5)
     # Two scores with no float between them (found by hypothesis): the cut is the score itself.
     tiny = tune_threshold([1, 0], [5e-324, 0.0])
     assert (tiny.threshold, tiny.f1) == (5e-324, 1.0)
+
+
+# Each row: labels, scores, expected (threshold, F1, images called positive, F1 of calling all positive,
+# degenerate_refused). Sorted scores are read top down; "all+" is the trivial cut below the lowest score.
+DEGENERATE_TABLE = [
+    # 31 defects of 37 that the model cannot tell from the good images (issue 12's demo): "all+" has
+    # F1 62/68 = 0.912; the one real cut leaves out the lowest score (a defect): tp 30, fp 6, fn 1, F1 60/67.
+    # It is returned and flagged, not the cut calling everything defective.
+    ([1] * 31 + [0] * 6, [0.6] * 30 + [0.1] + [0.6] * 6, (0.35, 60 / 67, 36, 62 / 68, True)),
+    # Scores 0.9(-) 0.8(-) 0.7(+) 0.2(+), defects lower than good images: top 1, 2 give F1 0, top 3
+    # tp 1 fp 2 fn 1 gives 2/5, "all+" 4/6; the best real cut (top 3) is returned and flagged.
+    ([0, 0, 1, 1], [0.9, 0.8, 0.7, 0.2], (0.45, 0.4, 3, 2 / 3, True)),
+    # Separable: the real cut wins and nothing is flagged.
+    ([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], (0.45, 1.0, 2, 2 / 3, False)),
+    # 0.9(+) 0.8(-) 0.3(-) 0.2(+): top 1 ties with "all+" at F1 2/3 (top 2: 1/2, top 3: 2/5); the real
+    # cut is returned and not flagged: the scores do as well as the trivial rule.
+    ([1, 0, 0, 1], [0.9, 0.8, 0.3, 0.2], (0.85, 2 / 3, 1, 2 / 3, False)),
+]
+
+
+@pytest.mark.parametrize(("y", "p", "expected"), DEGENERATE_TABLE)
+def test_a_threshold_never_calls_every_image_defective(
+    y: list[int], p: list[float], expected: tuple[float, float, int, float, bool]
+) -> None:
+    threshold, f1, called, f1_all, refused = expected
+    choice = tune_threshold(y, p)
+    assert choice.threshold == pytest.approx(threshold)
+    assert choice.f1 == pytest.approx(f1)
+    assert choice.called_positive == called < choice.n == len(y)
+    assert sum(score >= choice.threshold for score in p) == called
+    assert choice.f1_all_positive == pytest.approx(f1_all)
+    assert choice.degenerate_refused is refused
+    flag = threshold_flag({"threshold_tuning": choice.to_dict()})
+    assert (flag is not None) is refused
+    if refused:
+        assert flag is not None
+        assert "every image defective" in flag
+        assert f"{f1_all:.3f}" in flag
+
+
+def test_a_threshold_that_could_only_call_one_class_is_refused() -> None:
+    # Every score tied (a model that outputs a constant): any cut calls every image one class.
+    with pytest.raises(DegenerateThresholdError, match="all 4 scores are equal"):
+        tune_threshold([1, 0, 1, 1], [0.7, 0.7, 0.7, 0.7])
+    # No good image to tell apart: the only F1-maximal cut calls every image defective.
+    with pytest.raises(DegenerateThresholdError, match="without a negative"):
+        tune_threshold([1, 1, 1], [0.2, 0.9, 0.4])
+    # Both are ValueErrors, like the other refusals: callers that keep 0.5 on a ValueError still do.
+    assert issubclass(DegenerateThresholdError, ValueError)
+
+
+def test_threshold_flag_reads_what_the_trainer_stores() -> None:
+    refused = {"threshold_tuning": {"refused": "all 4 scores are equal (0.7): ...", "threshold": 0.5}}
+    assert threshold_flag(refused) == "not tuned: all 4 scores are equal (0.7): ..."
+    fine = {"threshold_tuning": tune_threshold([0, 1], [0.2, 0.8]).to_dict()}
+    assert threshold_flag(fine) is None
+    # Versions registered before the flag existed, or non-binary ones, carry no warning.
+    untuned = {"threshold_tuning": {"threshold": 0.3, "f1": 0.8}}
+    for metrics in (None, {}, {"threshold_tuning": "odd"}, untuned):
+        assert threshold_flag(metrics) is None
 
 
 def test_threshold_refuses_what_cannot_be_tuned() -> None:
@@ -440,13 +502,27 @@ def test_tuned_threshold_is_never_worse_than_one_half_on_its_own_data(
     if not y.any():
         y[0] = 1
     p = data.draw(arrays(np.float64, len(y), elements=st.floats(0.0, 1.0)))
+    if y.all() or len(np.unique(p)) == 1:
+        # No cut calls some images positive and others negative: refused, never a degenerate threshold.
+        with pytest.raises(DegenerateThresholdError):
+            tune_threshold(y, p)
+        return
     choice = tune_threshold(y, p)
     assert 0.0 <= choice.threshold <= 1.0
-    assert choice.f1 >= choice.f1_at_default - 1e-12
+    called = p >= choice.threshold
+    # Never degenerate: some validation images are called positive and some negative.
+    assert 0 < called.sum() == choice.called_positive < len(y) == choice.n
+    # Not worse than 0.5, unless 0.5 itself calls every image positive (the cut refused here).
+    if not (p >= 0.5).all():
+        assert choice.f1 >= choice.f1_at_default - 1e-12
     # The reported F1 is what the returned threshold really gives on the same data.
     assert positive_f1(y, p, choice.threshold) == pytest.approx(choice.f1)
-    # And it is the best over every cut: no score used as a threshold does better.
-    assert all(positive_f1(y, p, float(t)) <= choice.f1 + 1e-12 for t in np.unique(p))
+    # And it is the best over every non-degenerate cut: no score above the lowest does better as a
+    # threshold; calling everything positive is flagged exactly when it would have been better.
+    lowest = p.min()
+    assert all(positive_f1(y, p, float(t)) <= choice.f1 + 1e-12 for t in np.unique(p) if t > lowest)
+    assert choice.f1_all_positive == pytest.approx(positive_f1(y, p, 0.0))
+    assert choice.degenerate_refused == (choice.f1_all_positive > choice.f1 + 1e-12)
 
 
 def test_a_stored_threshold_is_used_only_when_it_is_a_probability() -> None:

@@ -35,6 +35,7 @@ from db.schema import (
 from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
+from models.comparison import threshold_flag
 from models.data import InputSpec
 from models.errors import CheckpointIntegrityError, ModelError, UnknownArchitectureError
 from models.train import file_sha256
@@ -181,6 +182,30 @@ def test_first_version_is_champion_the_next_a_candidate_and_a_warm_start_names_i
             warm_start_version=first.version_name,
         )
     assert _count(sessions, TrainingRun) == runs_before, "a refused warm start costs no run"
+
+
+def test_a_validation_split_that_cannot_be_tuned_on_gets_no_degenerate_threshold(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # Every photo is the same flat grey, ok and hole alike (one duplicate group per class, so the split
+    # puts each class on one side): any threshold tuned on that validation split would call every image
+    # one class. The tuning is refused, the reason recorded with the version, which calls at 0.5.
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "flat"
+    for cls in ("ok", "hole"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(8):
+            PILImage.new("L", (32, 32), color=128).save(folder / cls / f"{cls}_{i}.png")
+    outcome = _train(sessions, folder, tmp_path / "artifacts")
+    assert outcome.threshold is None
+    with sessions() as session:
+        version = repo.get_model_version_by_name(session=session, name=outcome.version_name)
+        assert "decision_threshold" not in version.metrics  # the version calls at 0.5
+        tuning = version.metrics["threshold_tuning"]
+        assert tuning["threshold"] == 0.5
+        assert re.search("without a negative|without a positive|scores are equal", tuning["refused"])
+        assert threshold_flag(version.metrics) == f"not tuned: {tuning['refused']}"
 
 
 def test_an_unknown_architecture_is_refused_before_anything_is_recorded(
