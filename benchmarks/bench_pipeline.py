@@ -598,24 +598,30 @@ def docs_rows(
         )
         memory_parts.append(f"{key} {mem['VmRSS']:.0f} MB (peak {mem['VmHWM']:.0f})")
     rss_ok = all(run["worker_memory_mb"]["VmRSS"] < TARGET_RSS_MB for run in runs.values())
+    rate = next(iter(runs.values()))["latency"]["rate_per_s"]
     if stable_s is None:
-        watcher = []
+        watcher, worker = [], []
         for key, run in runs.items():
             part = run["latency"]["watcher_file_to_row_s"]
             watcher.append(f"{key} p50 {part['p50']:.2f} s, p95 {part['p95']:.2f} s")
+            part = run["latency"]["worker_row_to_prediction_s"]
+            worker.append(f"{key} p50 {part['p50']:.2f} s, p95 {part['p95']:.2f} s")
         latency_row = (
-            f"{tag}pipeline latency at a steady 10 img/s, file written -> prediction committed, default "
-            "ingest settings (stability wait 1 s; a file closed complete is taken at once), "
+            f"{tag}pipeline latency at a steady {rate:g} img/s, file written -> prediction committed, "
+            "default ingest settings (stability wait 1 s; a file closed complete is taken at once), "
             f"{models}{shared}",
             "; ".join(latency_parts)
             + ". The watcher's part (file closed -> row committed): "
             + "; ".join(watcher)
             + ": the files are taken on inotify's close-after-write once their bytes end as their format "
-            "says, so the 1 s stability wait no longer adds to the latency",
+            "says, so the 1 s stability wait no longer adds to the latency. The worker's part (row committed "
+            "-> prediction committed): "
+            + "; ".join(worker)
+            + " (a worker that cannot keep up with the rate makes the images queue: the rest of the latency)",
         )
     else:
         latency_row = (
-            f"{tag}pipeline latency at a steady 10 img/s, file written -> prediction committed, "
+            f"{tag}pipeline latency at a steady {rate:g} img/s, file written -> prediction committed, "
             f"ingest stable {stable_s} s, {models}{shared}",
             "; ".join(latency_parts)
             + f". The watcher's part is the stability wait ({stable_s} s here): with the default "
