@@ -4,8 +4,10 @@ queue ever runs dry while an annotator works faster than one task every 3 s.
 The real stack as `defectloop up CAMERA` runs it (watcher, worker, training worker, beat, serve) on the
 embedded default, against a real Label Studio server (its own venv, as `labelling serve-dev` installs),
 with every labelling setting at its default. Champions are untrained `baseline_cnn`s at the default input
-(128 px RGB): the figures are about the loop's timing, not accuracy. A burst of synthetic garment photos
-lands in the camera folder at once; the clock starts when the last is written. Then a simulated
+(128 px RGB): the figures are about the loop's timing, not accuracy. One photo goes through first, so
+every process has loaded its models (the time it takes is the cold start, reported apart); then a burst
+of synthetic garment photos lands in the camera folder at once, and the clock starts when the last is
+written. Then a simulated
 annotator takes the first open task of Label Studio's queue and submits it through the API every
 ``--every`` seconds, and the open tasks (pushed, not annotated) are counted before each submit.
 
@@ -145,11 +147,22 @@ def _run(photos: int, annotations: int, every_s: float, keep_log: Path | None) -
                 (project_id,) = gateway.project_ids(
                     title=Settings.model_fields["label_studio_project_title"].default
                 )
-                for n, path in enumerate(files):
+                # Warm-up: one photo through the whole chain, so every process has loaded its models (a
+                # line's stack runs all day; its cold start is in `cold_start_s`).
+                shutil.copyfile(files[0], camera / "warm-up.png")
+                started = time.monotonic()
+                warm = _wait(
+                    "the warm-up task", lambda: bool(gateway.list_tasks(project_id=project_id)), 300, up, log
+                )
+                for n, path in enumerate(files[1:]):
                     shutil.copyfile(path, camera / f"shot{n:04d}.png")
                 dropped = time.monotonic()
                 first = _wait(
-                    "the first tasks", lambda: bool(gateway.list_tasks(project_id=project_id)), 300, up, log
+                    "the first tasks of the burst",
+                    lambda: len(gateway.list_tasks(project_id=project_id)) > 1,
+                    300,
+                    up,
+                    log,
                 )
                 open_counts: list[int] = []
                 done: set[int] = set()
@@ -183,6 +196,7 @@ def _run(photos: int, annotations: int, every_s: float, keep_log: Path | None) -
     counts = np.asarray(open_counts)
     return {
         "photos": photos,
+        "cold_start_s": round(warm - started, 1),
         "first_tasks_s": round(first - dropped, 1),
         "annotated": len(done),
         "annotator_every_s": every_s,
@@ -219,6 +233,7 @@ def main() -> None:
     verdict = "met" if result["first_tasks_s"] <= FIRST_TASKS_TARGET_S else "NOT met"
     summary = (
         f"first tasks in Label Studio {result['first_tasks_s']:.1f} s after {photos} photos landed "
+        f"(cold start of the stack: {result['cold_start_s']:.0f} s) "
         f"(target <= {FIRST_TASKS_TARGET_S:.0f} s: {verdict}); "
         f"annotator submitting every {args.every:.1f} s: "
         f"open tasks min {result['open_tasks_min']}, median {result['open_tasks_median']:.0f}, "

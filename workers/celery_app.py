@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,7 +41,7 @@ from db.errors import DatabaseUnavailableError
 from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
 from workers import classification
 from workers.claims import Claimant, republish_orphaned_claims
-from workers.labelling_tasks import LabellingConfig, register_labelling_tasks
+from workers.labelling_tasks import LabellingConfig, register_labelling_tasks, request_labelling_push
 from workers.queues import (
     PURGE_INTERVAL_S,
     Queue,
@@ -76,6 +77,9 @@ TASK_QUEUES: dict[str, Queue] = {
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (DatabaseUnavailableError, OperationalError)
 POOLS = ("solo", "prefork", "threads")
 
+
+PUSH_REQUEST_EVERY_S = 5.0
+"""A worker that predicted new images asks for a labelling push at most this often."""
 
 EMBEDDED_PREFIX = "sqla+"
 EMBEDDED_POLLING_INTERVAL_S = 0.1
@@ -176,6 +180,16 @@ class _Runtime:
         self._sessions: sessionmaker[Session] | None = None
         self._champions: classification.ChampionCache | None = None
         self._lock = threading.Lock()  # the threads pool may ask from several threads at once
+        self._last_push_request = float("-inf")
+
+    def push_request_due(self, every_s: float) -> bool:
+        """True at most once per ``every_s`` in this process: newly predicted images ask for a push."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_push_request < every_s:
+                return False
+            self._last_push_request = now
+            return True
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -304,6 +318,14 @@ def create_app(config: WorkerConfig) -> Any:
             collect_timeout_s=config.inference_batch_timeout_ms / 1000,
             claimant=str(Claimant.current(node=str(classify_images.request.hostname or ""))),
         )
+        if (
+            config.labelling is not None
+            and report.predicted
+            and runtime.push_request_due(PUSH_REQUEST_EVERY_S)
+        ):
+            # New candidates: top Label Studio's queue up now rather than at beat's next tick (the push
+            # adds nothing when the annotators have enough; one runs at a time per project).
+            request_labelling_push(app)
         return report.as_dict()
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped

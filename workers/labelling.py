@@ -403,14 +403,18 @@ def push_labelling_batch(
                 session=session, ls_project_id=ls_project_id, statuses=[LabelTaskStatus.PUSHED]
             )
             k = min(k, max(0, keep_open - len(waiting) - len(unfinished)))
-        report.planned = plan_labelling_batch(
-            session=session,
-            ls_project_id=ls_project_id,
-            strategy=strategy,
-            k=k,
-            classes=classes,
-            seed=seed,
-            embed=embed,
+        report.planned = (
+            []
+            if k <= 0
+            else plan_labelling_batch(
+                session=session,
+                ls_project_id=ls_project_id,
+                strategy=strategy,
+                k=k,
+                classes=classes,
+                seed=seed,
+                embed=embed,
+            )
         )
     with session_scope(sessions) as session:
         tasks = repo.list_label_tasks(

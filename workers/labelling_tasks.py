@@ -37,6 +37,7 @@ __all__ = [
     "LabellingConfig",
     "publish_annotation_events",
     "register_labelling_tasks",
+    "request_labelling_push",
 ]
 
 PUSH_TASK = "defectloop.push_labelling_batch"
@@ -247,6 +248,14 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
             full=bool(full),
         )
         return report.as_dict()
+
+
+def request_labelling_push(app: Any) -> None:
+    """Ask for a top-up push now (beat's push without ``k``); a broker that is down is beat's to cover."""
+    try:
+        app.send_task(PUSH_TASK, queue=Queue.LABELLING.value, retry=False)
+    except Exception as exc:  # the scheduled push runs anyway
+        logger.warning("could not ask for a labelling push now (%s); beat's schedule will push", exc)
 
 
 def publish_annotation_events(app: Any, events: Sequence[AnnotationEvent], *, retry: bool = False) -> None:

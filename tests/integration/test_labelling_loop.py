@@ -54,6 +54,7 @@ def test_init_twice_makes_one_project_one_webhook_and_one_view(deployment: Deplo
     assert len(deployment.gateway.list_views(project_id=project_id)) == 1
     assert SECRET not in second.stdout + second.stderr
     assert deployment.server.token not in second.stdout + second.stderr
+    assert "HTTP Request" not in second.stdout + second.stderr  # the SDK's request log stays out
 
 
 def test_push_orders_the_queue_by_informativeness_and_never_pushes_an_image_twice(

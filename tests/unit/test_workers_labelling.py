@@ -554,6 +554,24 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
         )
     assert queued["labelling"] == 2  # the push and the reconciliation
     assert queued["maintenance"] == len(sent) - 2
+
+    # A worker that predicted new images asks for a top-up push, at most once per interval.
+    from workers.labelling_tasks import request_labelling_push
+
+    runtime = app.defectloop_runtime
+    assert runtime.push_request_due(60.0)
+    assert not runtime.push_request_due(60.0)
+    request_labelling_push(app)
+    with sqlite3.connect(tmp_path / "broker.db") as db:
+        bodies = [
+            row[0]
+            for row in db.execute(
+                "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                "WHERE q.name = 'labelling'"
+            )
+        ]
+    assert len(bodies) == 3
+    assert sum(PUSH_TASK in body for body in bodies) == 2
     app.close()
     assert "token-0123" not in repr(config)
     assert config.media_url("image", 5).startswith("http://127.0.0.1:8000/media/image/5?sig=")
