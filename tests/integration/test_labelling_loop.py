@@ -9,6 +9,7 @@ Every wait polls up to a deadline; nothing asserts a timing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -251,7 +252,7 @@ def test_a_push_cut_off_after_label_studio_took_the_task_adopts_it_instead_of_du
         PILImage.fromarray(np.full((64, 64), 200, dtype=np.uint8), mode="L").save(path)
         image, _ = repo.add_image(
             session=session,
-            sha256="f" * 64,
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),  # the worker checks it
             path=str(path),
             source_id=source.id,
             width=64,
