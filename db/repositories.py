@@ -894,6 +894,21 @@ def mark_label_task_completed(*, session: Session, ls_project_id: int, ls_task_i
     return _update_rows(session, LabelTask, stmt) == 1
 
 
+def reopen_label_task(*, session: Session, ls_task_id: int, ls_project_id: int | None = None) -> bool:
+    """A completed task whose label was deleted waits for a label again (``pushed``); True if changed.
+
+    Label Studio task ids are unique on a server, so the project may be left out (a deletion webhook
+    names only annotation ids).
+    """
+    stmt = update(LabelTask).where(
+        LabelTask.ls_task_id == ls_task_id, LabelTask.status == LabelTaskStatus.COMPLETED
+    )
+    if ls_project_id is not None:
+        stmt = stmt.where(LabelTask.ls_project_id == ls_project_id)
+    reopened = stmt.values(status=LabelTaskStatus.PUSHED, updated_at=utcnow())
+    return _update_rows(session, LabelTask, reopened) >= 1
+
+
 def list_label_task_image_ids(*, session: Session, ls_project_id: int) -> set[int]:
     """Ids of the images already planned for (or pushed to) a project: selection must skip them."""
     stmt = select(LabelTask.image_id).where(LabelTask.ls_project_id == ls_project_id)

@@ -165,6 +165,7 @@ def labelling_config(settings: Settings, *, required: bool = False) -> Labelling
         media_secret=media_secret(settings),
         strategy=settings.strategy.value,
         batch_size=settings.labelling_batch_size,
+        queue_target=settings.labelling_queue_target,
         push_interval_s=settings.labelling_push_interval_s,
         reconcile_interval_s=settings.reconcile_interval_s,
         heatmaps_dir=settings.heatmaps_dir if settings.heatmaps else None,
@@ -185,6 +186,7 @@ def create_http_app(settings: Settings, database: Database, celery_app: Any) -> 
     from labelling.server import create_http_app as create
     from workers.backend import LabellingHandlers
     from workers.labelling_tasks import publish_annotation_events
+    from workers.retraining_tasks import publish_retrain
 
     config = labelling_config(settings, required=True)
     assert config is not None
@@ -196,10 +198,12 @@ def create_http_app(settings: Settings, database: Database, celery_app: Any) -> 
         strategy=settings.strategy.value,
         heatmaps_dir=config.heatmaps_dir,
         score=celery_app.defectloop_labelling.scorer(),
+        publish_retrain=lambda: publish_retrain(celery_app),
     )
     return create(
         handlers=handlers,
         webhook_secret=settings.webhook_secret.get_secret_value(),
         media_secret=config.media_secret,
         classes=settings.classes,
+        media_origins=settings.media_origins,
     )

@@ -8,6 +8,7 @@ settings, or a command that is not built yet.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -67,8 +68,10 @@ def _root(ctx: typer.Context) -> None:
         force=True,
     )
     if settings.log_level != "DEBUG":
-        # Alembic narrates every plugin it loads at INFO; users only need to hear about failures.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # Alembic narrates every plugin it loads, and httpx every request the Label Studio SDK makes, at
+        # INFO; users only need to hear about failures.
+        for noisy in ("alembic", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = settings
 
 
@@ -160,6 +163,7 @@ def status(ctx: typer.Context) -> None:
             ]
     finally:
         database.dispose()
+    console.print(f"data dir: {_settings(ctx).data_dir}", highlight=False)
     table = Table(title="images")
     table.add_column("status")
     table.add_column("count", justify="right")
@@ -179,9 +183,11 @@ def status(ctx: typer.Context) -> None:
             continue
         call = ""
         if task is ModelTask.BINARY:
-            from models.comparison import stored_threshold
+            from models.comparison import stored_threshold, threshold_flag
 
             call = f" (defective at p >= {stored_threshold(champion.metrics):.3f})"
+            if (flag := threshold_flag(champion.metrics)) is not None:
+                call += f" [yellow]warning: threshold {escape(flag)}[/]"
         console.print(f"champion {task}: {champion.name}{call}", highlight=False)
     for task, n in evaluation_sets.items():
         console.print(f"evaluation set frozen-{task}: {n} images", highlight=False)
@@ -932,7 +938,6 @@ def versions(
     from db import repositories as repo
     from db.schema import ModelStatus, ModelTask
     from defectloop.app import open_database
-    from models.comparison import stored_threshold
 
     database = open_database(_settings(ctx))
     model_task = None if task is None else ModelTask(task.value)
@@ -962,7 +967,7 @@ def versions(
                     v.architecture,
                     f"{v.input_spec.get('image_size')} px x {v.input_spec.get('channels')}",
                     "" if macro is None else f"{float(macro):.3f}",
-                    f"{stored_threshold(v.metrics):.3f}" if v.task == ModelTask.BINARY else "",
+                    _threshold_cell(v.metrics) if v.task == ModelTask.BINARY else "",
                     names.get(v.parent_id, "") if v.parent_id else "",
                     v.created_at.strftime("%Y-%m-%d %H:%M"),
                 )
@@ -1001,6 +1006,15 @@ class InferenceBackend(StrEnum):
     EAGER = "eager"
     CHANNELS_LAST = "channels_last"
     ONNXRUNTIME = "onnxruntime"
+
+
+def _threshold_cell(metrics: dict[str, Any]) -> str:
+    """A binary version's decision threshold, with a warning when it was not tuned or is degenerate."""
+    from models.comparison import stored_threshold, threshold_flag
+
+    flag = threshold_flag(metrics)
+    cell = f"{stored_threshold(metrics):.3f}"
+    return cell if flag is None else f"{cell} (!) {escape(flag)}"
 
 
 def _parse_queues(value: str) -> list[str]:
@@ -1123,19 +1137,24 @@ def up(
     ] = InferenceBackend.AUTO,
 ) -> None:
     """Start a worker, a training worker, beat, the camera watcher (given folders) and, with Label
-    Studio configured, the webhook receiver; SIGTERM or Ctrl-C stops them all."""
+    Studio configured, a labelling worker and the webhook receiver; keep them running (a child that
+    exits is restarted); SIGTERM or Ctrl-C stops them all."""
     settings = _settings(ctx)
     from defectloop.app import open_database
 
     open_database(settings).dispose()  # one clear error here rather than three from the children
     from defectloop.supervise import run_processes
 
+    # Every child finds the same data dir, whatever its working directory (the settings resolved it).
+    os.environ["DEFECTLOOP_DATA_DIR"] = str(settings.data_dir)
+    logger.info("data dir: %s", settings.data_dir)
+
     base = [sys.executable, "-m", "defectloop.cli"]
     commands = {
         "worker": [
             *base,
             "worker",
-            "--queues=inference,labelling,maintenance",
+            "--queues=inference,maintenance",
             f"--inference-backend={inference_backend.value}",
         ],
         # Retraining on a worker of its own: a retrain takes minutes, new photos must not wait behind it.
@@ -1146,7 +1165,15 @@ def up(
         commands["watch"] = [*base, "watch", *(str(folder) for folder in folders)]
     from defectloop.app import labelling_config
 
-    if labelling_config(settings) is not None:  # Label Studio configured: its receiver belongs to the stack
+    if labelling_config(settings) is not None:
+        # Label Studio configured: its receiver, and a worker for pushes (heat-maps take seconds) and
+        # annotations, so that photos are classified while a push is drawn.
+        commands["labeller"] = [
+            *base,
+            "worker",
+            "--queues=labelling",
+            f"--inference-backend={inference_backend.value}",
+        ]
         commands["serve"] = [*base, "serve"]
     raise typer.Exit(run_processes(commands))
 
@@ -1281,17 +1308,23 @@ def _reconcile(ctx: typer.Context, *, full: bool) -> None:
 
 @labelling_app.command("serve-dev")
 def labelling_serve_dev(
+    ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Server data (default: a temporary folder).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Server data: projects, login, token (default: label-studio/ in the data dir)."),
+    ] = None,
 ) -> None:
-    """Install (once) and run a local Label Studio server for development, until Ctrl-C."""
+    """Install (once) and run a local Label Studio server for development, until Ctrl-C.
+
+    Its data (projects, annotations, the admin's login and API token) is kept across restarts.
+    """
     from labelling import devserver
 
-    argv = ["serve"]
+    folder = data_dir or _settings(ctx).data_dir / "label-studio"
+    argv = ["serve", "--data-dir", str(folder)]
     if port is not None:
         argv += ["--port", str(port)]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
     raise typer.Exit(devserver.main(argv))
 
 

@@ -80,8 +80,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(
-        default=Path("var"),
-        description="Where the embedded database, broker, model artifacts and reports live.",
+        default_factory=lambda: default_data_dir(),
+        description="Where the embedded database, broker, model artifacts and reports live "
+        "(default: $XDG_DATA_HOME/defectloop, else ~/.local/share/defectloop; a relative path is taken "
+        "from the directory the command starts in, once, and every process it starts gets the absolute one).",
     )
     datasets_dir: Path = Field(
         default=Path("../shared/datasets"),
@@ -109,12 +111,28 @@ class Settings(BaseSettings):
         "empty means http://HTTP_HOST:HTTP_PORT.",
     )
     labelling_push_interval_s: float = Field(
-        default=300.0, gt=0, description="How often beat selects images and pushes them to Label Studio."
+        default=30.0,
+        gt=0,
+        description="How often beat tops Label Studio's queue up (also once when beat starts).",
+    )
+    labelling_queue_target: int = Field(
+        default=40,
+        ge=1,
+        le=100_000,
+        description="Open tasks beat keeps in Label Studio: each push adds up to LABELLING_BATCH_SIZE, "
+        "never more than this many waiting.",
     )
     reconcile_interval_s: float = Field(
-        default=300.0, gt=0, description="How often beat pulls annotations that webhooks may have missed."
+        default=60.0,
+        gt=0,
+        description="How often beat pulls annotations (and deletions) that webhooks may have missed.",
     )
     heatmaps: bool = Field(default=True, description="Render a Grad-CAM overlay for every pushed task.")
+    media_allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Browser origins allowed to load photos and heat-maps besides Label Studio's own "
+        "(derived from LABEL_STUDIO_URL), comma separated, e.g. https://label.example.com",
+    )
 
     classes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_CLASSES,
@@ -181,7 +199,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator(
-        "classes", "ingest_extensions", "retrain_architectures", "promotion_recall_floors", mode="before"
+        "classes",
+        "ingest_extensions",
+        "retrain_architectures",
+        "promotion_recall_floors",
+        "media_allowed_origins",
+        mode="before",
     )
     @classmethod
     def _parse_classes(cls, value: object) -> object:
@@ -236,6 +259,25 @@ class Settings(BaseSettings):
             name.strip(): float(number)
             for name, _, number in (entry.partition("=") for entry in self.promotion_recall_floors)
         }
+
+    @field_validator("media_allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [entry for entry in value if not url_origin(entry) or re.search(r"://[^/?#]*(/.|[?#])", entry)]
+        if bad:
+            raise ValueError(f"expected origins scheme://host[:port] without a path, got {bad}")
+        return tuple(dict.fromkeys(url_origin(entry) for entry in value))
+
+    @property
+    def media_origins(self) -> tuple[str, ...]:
+        """Origins whose pages may load our media: Label Studio's (both loopback names when it runs on
+        loopback: a browser may be pointed at either) and ``media_allowed_origins``."""
+        origin = url_origin(self.label_studio_url)
+        derived = [origin] if origin else []
+        for name, alias in (("127.0.0.1", "localhost"), ("localhost", "127.0.0.1")):
+            if origin and f"//{name}" in origin:
+                derived.append(origin.replace(f"//{name}", f"//{alias}", 1))
+        return tuple(dict.fromkeys([*derived, *self.media_allowed_origins]))
 
     @field_validator("image_channels")
     @classmethod
@@ -318,9 +360,25 @@ class Settings(BaseSettings):
         return shown
 
 
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/defectloop`` (``~/.local/share/defectloop``): one place, wherever a command runs."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "defectloop"
+
+
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     return f"{ENV_PREFIX}{field.upper()}"
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of an http(s) URL (lower-case scheme and host), or "" for anything else."""
+    match = re.match(r"^(https?)://([^/?#@]+)(?:[/?#].*)?$", url.strip(), flags=re.IGNORECASE)
+    if match is None:
+        return ""
+    scheme, host = match.group(1).lower(), match.group(2).lower()
+    # Browsers send an origin without the scheme's default port.
+    return f"{scheme}://{host.removesuffix(':443' if scheme == 'https' else ':80')}"
 
 
 def redact_url(url: str) -> str:

@@ -345,6 +345,11 @@ class LabelStudioGateway:
             )
         return int(created.id)
 
+    def update_task_data(self, *, task_id: int, data: Mapping[str, Any]) -> None:
+        """Replace a task's data (after a champion change: the new guess, the redrawn heat-map's URL)."""
+        with self._translate(f"update the data of task {task_id}"):
+            self._ls.tasks.update(id=str(task_id), data=dict(data))
+
     def _iter_tasks(self, *, project_id: int, query: Mapping[str, Any], fields: str) -> Iterator[Any]:
         pager: Iterable[Any] = self._ls.tasks.list(
             project=project_id, query=json.dumps(query), fields=fields, page_size=self._page_size
@@ -429,6 +434,36 @@ class LabelStudioGateway:
         return sorted(
             found.values(), key=lambda pair: (_parse_time(pair[0]["updated_at"]), int(pair[0]["id"]))
         )
+
+    def annotation_counts(self, *, project_id: int) -> dict[int, int]:
+        """Task id -> how many annotations Label Studio holds for it, skipped ones included.
+
+        One light listing (no annotation bodies): reconciliation compares it with what we hold to find
+        annotations deleted while no webhook reached us.
+        """
+        with self._translate(f"count the annotations of project {project_id}"):
+            return {
+                int(task.id): int(task.total_annotations or 0) + int(task.cancelled_annotations or 0)
+                for task in self._iter_tasks(
+                    project_id=project_id, query={"ordering": ["tasks:id"]}, fields="task_only"
+                )
+            }
+
+    def annotation_ids(self, *, task_id: int) -> set[int]:
+        """The ids of the annotations Label Studio holds for one task (skipped ones included)."""
+        with self._translate(f"list the annotations of task {task_id}"):
+            return {int(annotation.id) for annotation in self._ls.annotations.list(id=task_id)}
+
+    def user_email(self, *, user_id: int) -> str | None:
+        """The e-mail address of a Label Studio user (how annotators are recorded), None if unknown."""
+        with self._translate(f"read user {user_id}"):
+            try:
+                user = self._ls.users.get(id=user_id)
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+        return str(user.email) if getattr(user, "email", None) else None
 
     def create_annotation(
         self,

@@ -1,6 +1,7 @@
 """The Label Studio labelling interface (XML label config) for defect classification, and a reader for it.
 
-The annotator sees the photo, then the model's Grad-CAM heat-map, and picks exactly one class. Control
+The annotator sees the photo and the model's Grad-CAM heat-map side by side, the model's guess and how
+sure it is in words, and picks exactly one class (a digit key each) or skips when unsure. Control
 and object names come from :mod:`labelling.names`, so the config, the task payloads and the webhook
 parser agree.
 """
@@ -11,11 +12,19 @@ import unicodedata
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from labelling.names import FROM_NAME, HEATMAP_NAME, IMAGE_NAME
+from labelling.names import FROM_NAME, GUESS_NAME, HEATMAP_NAME, IMAGE_NAME
+
+HOTKEYS = "1234567890"
+"""One digit per class, in the config's order (classes after the tenth have none)."""
+IMAGE_MAX_WIDTH = "400px"
+"""Photo and heat-map at most this wide: both side by side, the choices still in view at 1366x768."""
+_ROW_STYLE = "display: flex; gap: 16px; align-items: flex-start"
+_PANE_STYLE = "flex: 1 1 0; min-width: 0; max-width: 400px"
+_GUESS_STYLE = "margin: 8px 0 0 0; font-size: 15px"
 
 
 def build_label_config(classes: Sequence[str]) -> str:
-    """The label config XML: photo, heat-map, and a required single choice among ``classes`` (in order).
+    """The label config XML: photo and heat-map, the guess, a required single choice among ``classes``.
 
     Raises ``ValueError`` if ``classes`` is empty, or has an empty, duplicate or control-character name.
     """
@@ -34,12 +43,34 @@ def build_label_config(classes: Sequence[str]) -> str:
             raise ValueError(f"class name {name!r} is given twice; class names must be unique")
         seen.add(name)
 
+    # Laid out for judging a defect on a 1366x768 screen: photo and heat-map side by side (each may be
+    # zoomed by the annotator), the model's guess in words under them, the choices in one row with a
+    # hotkey each, all above the fold. Label Studio's own Skip button is the "unsure" path (recorded as a
+    # skipped annotation).
     view = ET.Element("View")
-    ET.SubElement(view, "Header", value="Photo (label this one)")
-    ET.SubElement(view, "Image", name=IMAGE_NAME, value=f"${IMAGE_NAME}", zoom="true")
-    ET.SubElement(view, "Header", value="Model heat-map (Grad-CAM: where the model looked)")
-    ET.SubElement(view, "Image", name=HEATMAP_NAME, value=f"${HEATMAP_NAME}")
-    ET.SubElement(view, "Header", value="Defect class")
+    panes = ET.SubElement(view, "View", style=_ROW_STYLE)
+    for name, title in (
+        (IMAGE_NAME, "Photo: label this one"),
+        (HEATMAP_NAME, "Where the model looked (Grad-CAM)"),
+    ):
+        pane = ET.SubElement(panes, "View", style=_PANE_STYLE)
+        ET.SubElement(pane, "Header", value=title, size="5")
+        ET.SubElement(
+            pane,
+            "Image",
+            name=name,
+            value=f"${name}",
+            width="100%",
+            maxWidth=IMAGE_MAX_WIDTH,
+            zoom="true",
+            zoomControl="true",
+        )
+    guess = ET.SubElement(view, "View", style=_GUESS_STYLE)
+    ET.SubElement(guess, "Text", name=GUESS_NAME, value=f"${GUESS_NAME}")
+    keys = min(len(classes), len(HOTKEYS))
+    ET.SubElement(
+        view, "Header", value=f"Your call: keys {HOTKEYS[0]}-{HOTKEYS[keys - 1]}, Skip if unsure", size="5"
+    )
     choices = ET.SubElement(
         view,
         "Choices",
@@ -49,8 +80,11 @@ def build_label_config(classes: Sequence[str]) -> str:
         required="true",
         showInline="true",
     )
-    for name in classes:
-        ET.SubElement(choices, "Choice", value=name)
+    for index, name in enumerate(classes):
+        attributes = {"value": name}
+        if index < len(HOTKEYS):
+            attributes["hotkey"] = HOTKEYS[index]
+        ET.SubElement(choices, "Choice", attributes)
     ET.indent(view, space="  ")
     # ElementTree escapes &, <, > and quotes in attribute values, so any class name is safe here.
     return ET.tostring(view, encoding="unicode")

@@ -11,6 +11,12 @@ IMAGE_NAME = "image"
 HEATMAP_NAME = "heatmap"
 """The second ``<Image>``: the Grad-CAM overlay; also the task data key holding its URL."""
 
+GUESS_NAME = "guess"
+"""The ``<Text>`` under the images and the task data key holding the model's guess in words."""
+
+MODEL_NAME_KEY = "model"
+"""Task data key holding the registry names of the models behind the guess and the heat-map."""
+
 IMAGE_ID_KEY = "defectloop_image_id"
 """Task data key holding our image id, so a webhook or an API listing maps back to our row."""
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from labelling.errors import PayloadError
-from labelling.names import FROM_NAME, HEATMAP_NAME, IMAGE_ID_KEY, IMAGE_NAME
+from labelling.names import FROM_NAME, GUESS_NAME, HEATMAP_NAME, IMAGE_ID_KEY, IMAGE_NAME, MODEL_NAME_KEY
 
 __all__ = [
     "CREATE_ACTIONS",
@@ -27,6 +27,7 @@ __all__ = [
     "TaskSpec",
     "build_prediction",
     "build_task",
+    "describe_guess",
     "ml_predict_results",
     "parse_annotation",
     "parse_webhook",
@@ -58,6 +59,8 @@ class TaskSpec:
     """In [0, 1], higher = a label teaches the model more (see ``to_unit_interval``)."""
     model_version: str
     probabilities: Mapping[str, float]
+    good_class: str = "ok"
+    """The class that means "no defect" (the first of the configured classes)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,29 @@ def build_prediction(*, label: str, informativeness: float, model_version: str) 
     }
 
 
+# How sure the model is, in words, by the probability of its call (checked from the top).
+_SURENESS = ((0.9, "very sure"), (0.7, "fairly sure"), (0.5, "unsure"), (0.0, "very unsure"))
+
+
+def describe_guess(predicted_label: str, probabilities: Mapping[str, float], *, good_class: str) -> str:
+    """The model's guess and how sure it is, in words an annotator reads at a glance.
+
+    The call is two-staged (defective or not, then which defect), so the words follow it: for the good
+    class, ``"Model's guess: ok, fairly sure (defect 28%)."``; for a defect,
+    ``"Model's guess: hole, unsure (defect 55%; hole 80% of that)."`` The sureness words read the
+    probability of the first stage's call.
+    """
+    shares = {str(name): float(p) for name, p in probabilities.items() if math.isfinite(float(p))}
+    defect = min(1.0, max(0.0, sum(p for name, p in shares.items() if name != good_class)))
+    if predicted_label == good_class:
+        words = next(word for floor, word in _SURENESS if 1.0 - defect >= floor)
+        return f"Model's guess: {predicted_label}, {words} (defect {defect:.0%})."
+    words = next(word for floor, word in _SURENESS if defect >= floor)
+    of_defects = shares.get(predicted_label, 0.0) / defect if defect > 0 else 0.0
+    share = f"{predicted_label} {of_defects:.0%} of that"
+    return f"Model's guess: {predicted_label}, {words} (defect {defect:.0%}; {share})."
+
+
 def build_task(spec: TaskSpec) -> dict[str, Any]:
     """The import payload of one task: its data (URLs, our image id, the guess) and its prediction."""
     if isinstance(spec.image_id, bool) or not isinstance(spec.image_id, int) or spec.image_id < 0:
@@ -128,6 +154,8 @@ def build_task(spec: TaskSpec) -> dict[str, Any]:
             IMAGE_ID_KEY: spec.image_id,
             "informativeness": round(float(spec.informativeness), DIGITS),
             "predicted": spec.predicted_label,
+            GUESS_NAME: describe_guess(spec.predicted_label, probabilities, good_class=spec.good_class),
+            MODEL_NAME_KEY: spec.model_version,
             "probabilities": probabilities,
         },
         "predictions": [prediction],
@@ -339,12 +367,21 @@ def _project_id_of(body: Mapping[str, Any]) -> int | None:
     raise PayloadError(f"webhook body's 'project' must be an object, got {_json_type(project)}")
 
 
-def _annotator(value: object, where: str) -> str | None:
-    # Webhooks serialise completed_by as the user's id; an expanded API listing gives the user object.
+def _email_in(created_username: object) -> str | None:
+    # The API's display form is "<first> <last> <email>, <id>"; the e-mail is the last word before the comma.
+    if not isinstance(created_username, str):
+        return None
+    words = created_username.rsplit(",", 1)[0].split()
+    return words[-1] if words and "@" in words[-1] else None
+
+
+def _annotator(value: object, where: str, created_username: object = None) -> str | None:
+    """Who annotated: an e-mail address where the body tells it, else the Label Studio user id (the
+    webhook's ``completed_by`` is an id alone; the recording worker looks its e-mail up)."""
     if value is None:
         return None
     if _is_int(value):
-        return str(value)
+        return _email_in(created_username) or str(value)
     if isinstance(value, Mapping):
         email = value.get("email")
         if isinstance(email, str) and email:
@@ -463,7 +500,7 @@ def _annotation_event(
         ls_project_id=own_project if own_project is not None else project_id,
         image_id=image_id,
         label=label,
-        annotator=_annotator(annotation.get("completed_by"), where),
+        annotator=_annotator(annotation.get("completed_by"), where, annotation.get("created_username")),
         annotated_at=updated_at or created_at,
         was_cancelled=was_cancelled,
     )

@@ -11,7 +11,8 @@ Authentication:
   names and a train request (training is queued, deduplicated and gated by the champion/challenger rule),
   so they are open unless ``ml_basic_auth`` is given (Label Studio 1.23 can send Basic auth to an ML
   backend: ``auth_method="BASIC_AUTH"``; it has no bearer-token option). Keep the port off public networks.
-- ``/media/...`` needs the HMAC signature in the URL (``labelling.media``).
+- ``/media/...`` needs the HMAC signature in the URL (``labelling.media``); it answers CORS (GET, HEAD and
+  the preflight) for the configured Label Studio origins only.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import hmac
 import json
 import logging
 import mimetypes
+import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Protocol
 
 import uvicorn
@@ -52,8 +55,10 @@ WEBHOOK_PATH = "/webhooks/label-studio"
 MODEL_CLASS = "defectloop"
 TRAINING_REASON = "Label Studio START_TRAINING"
 _LOGGED_ACTION_LIMIT = 64
-# Photos never change under an id; a heat-map is redrawn by every new champion under the same URL.
-_CACHE_CONTROL = {"image": "private, max-age=86400", "heatmap": "no-cache"}
+# A photo never changes under its id: the browser keeps it for a day. A heat-map is redrawn under the same
+# URL by every new champion: the browser may keep it but must ask first (ETag, 304 when unchanged).
+_CACHE_CONTROL = {"image": "private, max-age=86400", "heatmap": "private, no-cache"}
+_MEDIA_METHODS = ("GET", "HEAD")
 
 
 class BackendHandlers(Protocol):
@@ -148,11 +153,14 @@ def create_http_app(
     classes: Sequence[str],
     secret_header: str = SECRET_HEADER,
     ml_basic_auth: tuple[str, str] | None = None,
+    media_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The FastAPI app: webhook receiver, Label Studio ML-backend endpoints and signed media.
 
     ``classes`` are the project's class names (a label outside them is refused with 422).
     ``ml_basic_auth`` (user, password), if given, is required on the ML-backend endpoints.
+    ``media_origins`` are the browser origins (``scheme://host[:port]``) allowed to fetch media
+    cross-origin: Label Studio's, where annotators work.
     """
     webhook_key = _check_secret("webhook_secret", webhook_secret)
     _check_secret("media_secret", media_secret)
@@ -322,26 +330,76 @@ def create_http_app(
         return JSONResponse({"versions": await run_in_threadpool(handlers.versions)})
 
     # ------------------------------------------------------------------------------------- media
-    @app.get("/media/{kind}/{image_id}")
+    # Label Studio's labelling screen fetches ``$image`` cross-origin from the annotator's browser: without
+    # these headers (and an answer to the preflight) it shows "There was an issue loading URL" instead of
+    # the photo. Only the configured Label Studio origins get them; the signature still guards each file.
+    allowed_origins = frozenset(media_origins)
+
+    def cors_headers(request: Request) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        headers = {"Vary": "Origin"}
+        if origin is not None and origin in allowed_origins:
+            headers["Access-Control-Allow-Origin"] = origin
+        return headers
+
+    @app.options("/media/{kind}/{image_id}")
+    async def media_preflight(kind: str, image_id: str, request: Request) -> Response:
+        headers = cors_headers(request)
+        wanted = request.headers.get("access-control-request-method", "GET").upper()
+        if "Access-Control-Allow-Origin" not in headers or wanted not in _MEDIA_METHODS:
+            logger.warning(
+                "media preflight refused: origin %r (allowed: %s), method %r",
+                request.headers.get("origin", "")[:_LOGGED_ACTION_LIMIT],
+                ", ".join(sorted(allowed_origins)) or "none",
+                wanted[:_LOGGED_ACTION_LIMIT],
+            )
+            return Response(status_code=403, headers=headers)
+        headers |= {
+            "Access-Control-Allow-Methods": ", ".join(_MEDIA_METHODS),
+            # Browsers may ask for headers of their own (e.g. Range for big photos); nothing here reads them.
+            "Access-Control-Allow-Headers": request.headers.get("access-control-request-headers", ""),
+            "Access-Control-Max-Age": "600",
+        }
+        return Response(status_code=204, headers=headers)
+
+    @app.api_route("/media/{kind}/{image_id}", methods=["GET", "HEAD"])
     async def media(kind: str, image_id: str, request: Request) -> Response:
+        cors = cors_headers(request)
         if kind not in MEDIA_KINDS or not (image_id.isascii() and image_id.isdigit()):
-            return _detail(404, "not found")
+            return _detail(404, "not found", cors)
         number = int(image_id)
         if not verify_media(kind, number, request.query_params.get("sig"), secret=media_secret):
             logger.warning("media %s %d refused: missing or wrong signature", kind, number)
-            return _detail(403, "missing or wrong media signature")
+            return _detail(403, "missing or wrong media signature", cors)
         path = await run_in_threadpool(handlers.media_path, kind, number)
-        if path is None or not await run_in_threadpool(Path(path).is_file):
+        stat = None if path is None else await run_in_threadpool(_regular_file_stat, Path(path))
+        if path is None or stat is None:
             logger.warning("media %s %d: no file", kind, number)
-            return _detail(404, f"no {kind} for image {number}")
+            return _detail(404, f"no {kind} for image {number}", cors)
+        headers = cors | {
+            "Cache-Control": _CACHE_CONTROL[kind],
+            "X-Content-Type-Options": "nosniff",
+            "ETag": _etag(stat),
+        }
+        if request.headers.get("if-none-match") == headers["ETag"]:
+            return Response(status_code=304, headers=headers)
         media_type = mimetypes.guess_type(Path(path).name)[0] or "application/octet-stream"
-        return FileResponse(
-            path,
-            media_type=media_type,
-            headers={"Cache-Control": _CACHE_CONTROL[kind], "X-Content-Type-Options": "nosniff"},
-        )
+        return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
 
     return app
+
+
+def _regular_file_stat(path: Path) -> os.stat_result | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat if S_ISREG(stat.st_mode) else None
+
+
+def _etag(stat: os.stat_result) -> str:
+    """A validator that changes whenever the file is rewritten (a heat-map redrawn by a new champion)."""
+    return f'"{stat.st_mtime_ns:x}-{stat.st_size:x}-{stat.st_ino:x}"'
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

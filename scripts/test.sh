@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 bash scripts/services.sh
+bash scripts/browser.sh
 
 echo "== ruff (lint and format) =="
 .venv/bin/ruff check .

@@ -8,7 +8,7 @@ import pytest
 
 from defectloop.synth import generate_dataset
 
-pytest_plugins = ["tests.db_fixtures", "tests.label_studio_fixtures"]
+pytest_plugins = ["tests.db_fixtures", "tests.label_studio_fixtures", "tests.browser"]
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from db.schema import ModelTask, TrainingTrigger
 from db.session import session_scope
 from labelling.names import IMAGE_ID_KEY
 from labelling.payloads import AnnotationEvent, TaskPrediction, ml_predict_results
-from workers.labelling import choose_candidates, current_model_key
+from workers.labelling import choose_candidates, current_model_key, label_studio_version
 from workers.retrain_policy import request_retrain
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,10 @@ class LabellingHandlers:
         strategy: str,
         heatmaps_dir: Path | None,
         score: Callable[[Sequence[tuple[int, str]]], None] | None = None,
+        publish_retrain: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._publish_retrain = publish_retrain
         self._publish = publish_events
         self._classes = tuple(classes)
         self._strategy = (
@@ -70,11 +72,18 @@ class LabellingHandlers:
 
     def model_version(self) -> str:
         with session_scope(self._sessions) as session:
-            return current_model_key(session) or NO_MODEL
+            return self._shown_version(session)
+
+    @staticmethod
+    def _shown_version(session: Session) -> str:
+        model_key = current_model_key(session)
+        return NO_MODEL if model_key is None else label_studio_version(session, model_key)
 
     def versions(self) -> list[str]:
         with session_scope(self._sessions) as session:
-            return repo.list_prediction_model_keys(session=session)
+            return [
+                label_studio_version(session, key) for key in repo.list_prediction_model_keys(session=session)
+            ]
 
     def health(self) -> dict[str, Any]:
         with session_scope(self._sessions) as session:
@@ -84,14 +93,20 @@ class LabellingHandlers:
                 )
                 for task in ModelTask
             }
-            return {"model_version": current_model_key(session) or NO_MODEL, "champions": champions}
+            return {"model_version": self._shown_version(session), "champions": champions}
 
     def request_training(self, *, reason: str) -> None:
-        """Queue a whole retrain (``workers.retrain_policy``); beat's policy check sends it to the
-        training worker. A request already pending absorbs this one."""
+        """Queue a whole retrain (``workers.retrain_policy``; a request already pending absorbs this one)
+        and tell the training worker at once, so a retrain starts now when none is running (beat's
+        policy check sends it again if this message is lost; a duplicate claims nothing)."""
         created = request_retrain(sessions=self._sessions, trigger=TrainingTrigger.LS_WEBHOOK, reason=reason)
         if not created:
             logger.info("retrain already requested; %s joins it", reason)
+        if self._publish_retrain is not None:
+            try:
+                self._publish_retrain()
+            except Exception as exc:  # the request is recorded: beat's policy check publishes it
+                logger.warning("retrain requested but not sent now (%s); beat's policy check will", exc)
 
     def _image_ids(self, tasks: Sequence[Mapping[str, Any]]) -> list[int | None]:
         ids: list[int | None] = []
@@ -143,7 +158,8 @@ class LabellingHandlers:
                 else TaskPrediction(label=stored[image_id].predicted_label, informativeness=ranked[image_id])
                 for image_id in image_ids
             ]
-        return ml_predict_results(answers, model_version=model_key)
+            shown = label_studio_version(session, model_key)
+        return ml_predict_results(answers, model_version=shown)
 
     def media_path(self, kind: str, image_id: int) -> Path | None:
         if kind == "heatmap":

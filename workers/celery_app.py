@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import OperationalError
@@ -35,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.errors import DatabaseUnavailableError
 from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
 from workers import classification
-from workers.labelling_tasks import LabellingConfig, register_labelling_tasks
+from workers.labelling_tasks import LabellingConfig, register_labelling_tasks, request_labelling_push
 from workers.queues import (
     PURGE_INTERVAL_S,
     Queue,
@@ -71,6 +73,9 @@ TASK_QUEUES: dict[str, Queue] = {
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (DatabaseUnavailableError, OperationalError)
 POOLS = ("solo", "prefork", "threads")
 
+
+PUSH_REQUEST_EVERY_S = 5.0
+"""A worker that predicted new images asks for a labelling push at most this often."""
 
 EMBEDDED_PREFIX = "sqla+"
 EMBEDDED_POLLING_INTERVAL_S = 0.1
@@ -171,6 +176,16 @@ class _Runtime:
         self._sessions: sessionmaker[Session] | None = None
         self._champions: classification.ChampionCache | None = None
         self._lock = threading.Lock()  # the threads pool may ask from several threads at once
+        self._last_push_request = float("-inf")
+
+    def push_request_due(self, every_s: float) -> bool:
+        """True at most once per ``every_s`` in this process: newly predicted images ask for a push."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_push_request < every_s:
+                return False
+            self._last_push_request = now
+            return True
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -298,6 +313,14 @@ def create_app(config: WorkerConfig) -> Any:
             batch_size=config.inference_batch_size,
             collect_timeout_s=config.inference_batch_timeout_ms / 1000,
         )
+        if (
+            config.labelling is not None
+            and report.predicted
+            and runtime.push_request_due(PUSH_REQUEST_EVERY_S)
+        ):
+            # New candidates: top Label Studio's queue up now rather than at beat's next tick (the push
+            # adds nothing when the annotators have enough; one runs at a time per project).
+            request_labelling_push(app)
         return report.as_dict()
 
     @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
@@ -331,6 +354,27 @@ def create_app(config: WorkerConfig) -> Any:
             },
         }
     return app
+
+
+def send_beat_entries_now(app: Any) -> list[str]:
+    """Send every beat entry's task once, now; the names sent. A broker that is down is logged, not fatal:
+    the schedule sends them again."""
+    sent = []
+    for name, entry in sorted(app.conf.beat_schedule.items()):
+        try:
+            app.send_task(
+                entry["task"],
+                args=entry.get("args", ()),
+                kwargs=entry.get("kwargs", {}),
+                **entry.get("options", {}),
+                retry=False,
+            )
+        except (*TRANSIENT_ERRORS, KombuOperationalError, OSError) as exc:
+            logger.warning("beat start: could not send %s now (%s); the schedule will", name, exc)
+            continue
+        sent.append(name)
+    logger.info("beat start: sent %s", ", ".join(sent) or "nothing")
+    return sent
 
 
 def publish_classification(app: Any, image_ids: Iterable[int], *, retry: bool = True) -> None:
@@ -387,8 +431,15 @@ def run_worker(
     return int(code or 0)
 
 
-def run_beat(app: Any, *, schedule_path: Path, loglevel: str = "INFO") -> int:
-    """Run the beat scheduler in this process (the sweeper on its schedule) until it is stopped."""
+def run_beat(app: Any, *, schedule_path: Path, loglevel: str = "INFO", run_at_start: bool = True) -> int:
+    """Run the beat scheduler in this process until it is stopped.
+
+    Celery runs an interval entry first one interval after start; with ``run_at_start`` every entry is
+    also sent once now, so the first labelling push, reconciliation and sweep happen when beat starts
+    (all beat's tasks are idempotent, so a restart that sends them again does no harm).
+    """
     schedule_path.parent.mkdir(parents=True, exist_ok=True)
+    if run_at_start:
+        send_beat_entries_now(app)
     code = app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule_path}"])
     return int(code or 0)

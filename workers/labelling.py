@@ -12,8 +12,8 @@
   Label Studio annotation id, and moves the image to ``labelled`` (or back to ``labelling`` when its last
   label is deleted).
 - ``reconcile_annotations`` pulls the annotations changed since the last sync from the Label Studio API
-  (webhooks are sent once, without retry) and records them; ``full=True`` is the disaster resync, which
-  also finds annotations deleted while nobody listened.
+  (webhooks are sent once, without retry) and records them, and finds the annotations deleted while
+  nobody listened; ``full=True`` is the disaster resync, which re-reads every annotation.
 
 Everything that talks to Label Studio is injected (``LabellingSink``, ``AnnotationSource``); the
 production implementations at the bottom wrap ``labelling.gateway``.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -118,6 +119,14 @@ class AnnotationSource(Protocol):
         self, *, project_id: int, updated_after: datetime | None = None
     ) -> list[tuple[dict[str, Any], dict[str, Any]]]: ...
 
+    def annotation_counts(self, *, project_id: int) -> dict[int, int]:
+        """Task id -> how many annotations (skipped ones included) the project's tasks hold now."""
+        ...
+
+    def annotation_ids(self, *, task_id: int) -> set[int]:
+        """The ids of the annotations one task holds now."""
+        ...
+
 
 # --- choosing --------------------------------------------------------------------------------------
 
@@ -184,6 +193,28 @@ def current_model_key(session: Session) -> str | None:
         return None
     multiclass = repo.get_champion(session=session, task=ModelTask.MULTICLASS)
     return repo.make_model_key(binary.id, None if multiclass is None else multiclass.id)
+
+
+_MODEL_KEY = re.compile(r"b(\d+)-m(\d+|-)")
+
+
+def label_studio_version(session: Session, model_key: str) -> str:
+    """The name Label Studio shows for a model key: the registry names of its versions.
+
+    ``"b12-m7"`` -> ``"binary-resnet18-0012+multiclass-improved_cnn-0007"`` (``versions`` lists the
+    same names), so an annotator or engineer reading a prediction in Label Studio can find its model.
+    A key whose versions are gone stays as it is.
+    """
+    match = _MODEL_KEY.fullmatch(model_key)
+    if match is None:
+        return model_key
+    try:
+        names = [repo.get_model_version(session=session, version_id=int(match[1])).name]
+        if match[2] != "-":
+            names.append(repo.get_model_version(session=session, version_id=int(match[2])).name)
+    except LookupError:
+        return model_key
+    return "+".join(names)
 
 
 def plan_labelling_batch(
@@ -327,7 +358,7 @@ def _push_items(session: Session, ls_project_id: int, tasks: Iterable[Any]) -> l
                 predicted_label=prediction.predicted_label,
                 probabilities=dict(prediction.probabilities),
                 informativeness=float(task.informativeness),
-                model_version=prediction.model_key,
+                model_version=label_studio_version(session, prediction.model_key),
                 ls_task_id=task.ls_task_id,
             )
         )
@@ -345,8 +376,13 @@ def push_labelling_batch(
     classes: Sequence[str],
     seed: int = 0,
     embed: Embedder | None = None,
+    keep_open: int | None = None,
 ) -> PushReport:
     """Plan up to ``k`` new images (plus any earlier push that did not finish) and push them to ``sink``.
+
+    With ``keep_open`` (beat's push), only as many as bring the project's open tasks (pushed, waiting
+    for a label) up to it: the queue stays supplied while the rest of the pool waits to be ranked by
+    later, better models.
 
     Safe to run twice at once or after a crash at any point: one push per project runs at a time (a
     lease in the database; the other returns an empty report), planning is idempotent per (image,
@@ -362,14 +398,23 @@ def push_labelling_batch(
             statuses=[LabelTaskStatus.PENDING, LabelTaskStatus.FAILED],
         )
         report.retried = len(unfinished)
-        report.planned = plan_labelling_batch(
-            session=session,
-            ls_project_id=ls_project_id,
-            strategy=strategy,
-            k=k,
-            classes=classes,
-            seed=seed,
-            embed=embed,
+        if keep_open is not None:
+            waiting = repo.list_label_tasks(
+                session=session, ls_project_id=ls_project_id, statuses=[LabelTaskStatus.PUSHED]
+            )
+            k = min(k, max(0, keep_open - len(waiting) - len(unfinished)))
+        report.planned = (
+            []
+            if k <= 0
+            else plan_labelling_batch(
+                session=session,
+                ls_project_id=ls_project_id,
+                strategy=strategy,
+                k=k,
+                classes=classes,
+                seed=seed,
+                embed=embed,
+            )
         )
     with session_scope(sessions) as session:
         tasks = repo.list_label_tasks(
@@ -461,6 +506,7 @@ def refresh_labelling_predictions(
         rank_by = strategy if strategy not in EMBEDDING_STRATEGIES else "entropy"
         ranked = choose_candidates([p for _, p in rows], strategy=rank_by, k=len(rows), classes=classes)
         info = {p.image_id: value for p, value in ranked}
+        shown_version = label_studio_version(session, model_key)
         items = []
         for task, prediction in rows:
             image = repo.get_image(session=session, image_id=task.image_id)
@@ -471,12 +517,12 @@ def refresh_labelling_predictions(
                     predicted_label=prediction.predicted_label,
                     probabilities=dict(prediction.probabilities),
                     informativeness=info[image.id],
-                    model_version=model_key,
+                    model_version=shown_version,
                     ls_task_id=task.ls_task_id,
                 )
             )
         task_ids = {task.image_id: task.id for task, _ in rows}
-    sink.refresh(items, model_version=model_key)
+    sink.refresh(items, model_version=shown_version)
     with session_scope(sessions) as session:
         for item in items:
             repo.set_label_task_model_key(
@@ -539,6 +585,9 @@ def _settle_image(session: Session, image_id: int, ls_project_id: int | None, ls
         repo.set_image_status(
             session=session, image_id=image_id, status=ImageStatus.LABELLING, expected=ImageStatus.LABELLED
         )
+        if ls_task_id is not None:
+            # The task waits for a label again: the next champion re-scores it like any open task.
+            repo.reopen_label_task(session=session, ls_task_id=ls_task_id, ls_project_id=ls_project_id)
 
 
 def record_annotation_events(*, session: Session, events: Sequence[AnnotationEvent]) -> RecordReport:
@@ -632,8 +681,8 @@ def reconcile_annotations(
     """Record the project's annotations changed since the last sync (all of them with ``full``).
 
     Idempotent: what webhooks already recorded is unchanged. The cursor advances only after the
-    annotations up to it are committed. ``full`` also marks deleted the annotations we hold that Label
-    Studio no longer has (a deletion leaves nothing to list, so only a full listing can show it).
+    annotations up to it are committed. Annotations we hold that Label Studio no longer has are marked
+    deleted: found by comparing per-task counts (``full``: by the complete listing).
     """
     report = ReconcileReport()
     with session_scope(sessions) as session:
@@ -655,31 +704,58 @@ def reconcile_annotations(
             newest = event.annotated_at
     with session_scope(sessions) as session:
         report.recorded = record_annotation_events(session=session, events=events)
+        held = repo.list_ls_annotation_ids(session=session, ls_project_id=ls_project_id)
         if full:
             listed = {event.ls_annotation_id for event in events}
-            for ls_annotation_id, ls_task_id in repo.list_ls_annotation_ids(
-                session=session, ls_project_id=ls_project_id
-            ):
-                if ls_annotation_id not in listed:
-                    gone = AnnotationEvent(
-                        action=AnnotationAction.DELETED,
-                        ls_annotation_id=ls_annotation_id,
-                        ls_task_id=ls_task_id,
-                        ls_project_id=ls_project_id,
-                        image_id=None,
-                        label=None,
-                        annotator=None,
-                        annotated_at=None,
-                        was_cancelled=False,
-                    )
-                    deleted = record_annotation_events(session=session, events=[gone])
-                    report.recorded.deleted += deleted.deleted
+            gone = [(annotation, task) for annotation, task in held if annotation not in listed]
+        else:
+            gone = _deleted_since(source, ls_project_id, held)
+        if gone:
+            deletions = [_deletion(annotation_id, task_id, ls_project_id) for annotation_id, task_id in gone]
+            report.recorded.deleted += record_annotation_events(session=session, events=deletions).deleted
         if newest is not None:
             report.cursor = repo.advance_sync_cursor(
                 session=session, name=cursor_name(ls_project_id), position=newest
             )
     logger.info("reconciled project %d: %s", ls_project_id, report.as_dict())
     return report
+
+
+def _deleted_since(
+    source: AnnotationSource, ls_project_id: int, held: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The annotations we hold that Label Studio deleted: (annotation id, task id) pairs.
+
+    A deletion leaves nothing to list by time, so: one light count per task, and the annotation ids of
+    just the tasks where Label Studio now holds fewer than we do (a task gone altogether lost them all).
+    """
+    ours: dict[int, set[int]] = {}
+    for annotation_id, task_id in held:
+        ours.setdefault(task_id, set()).add(annotation_id)
+    if not ours:
+        return []
+    counts = source.annotation_counts(project_id=ls_project_id)
+    gone: list[tuple[int, int]] = []
+    for task_id, annotation_ids in sorted(ours.items()):
+        if counts.get(task_id, 0) >= len(annotation_ids):
+            continue
+        still = source.annotation_ids(task_id=task_id) if task_id in counts else set()
+        gone.extend((annotation_id, task_id) for annotation_id in sorted(annotation_ids - still))
+    return gone
+
+
+def _deletion(ls_annotation_id: int, ls_task_id: int, ls_project_id: int) -> AnnotationEvent:
+    return AnnotationEvent(
+        action=AnnotationAction.DELETED,
+        ls_annotation_id=ls_annotation_id,
+        ls_task_id=ls_task_id,
+        ls_project_id=ls_project_id,
+        image_id=None,
+        label=None,
+        annotator=None,
+        annotated_at=None,
+        was_cancelled=False,
+    )
 
 
 def _with_project(event: AnnotationEvent, ls_project_id: int) -> AnnotationEvent:
@@ -709,6 +785,7 @@ class LabelStudioSink:
     project_id: int
     media_url: Callable[[str, int], str]
     heatmap: HeatmapWriter | None = None
+    good_class: str = "ok"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _existing(self, image_ids: set[int]) -> dict[int, int]:
@@ -720,30 +797,31 @@ class LabelStudioSink:
                 found.setdefault(image_id, int(task["id"]))
         return found
 
-    def push(self, items: Sequence[PushItem], *, adopt_existing: bool) -> dict[int, int]:
+    def _task(self, item: PushItem) -> dict[str, Any]:
+        """The task payload of an item, drawing its heat-map (with the current binary champion) first."""
         from labelling.payloads import TaskSpec, build_task
 
+        has_heatmap = self.heatmap is not None and self.heatmap(item.image_id, item.path)
+        return build_task(
+            TaskSpec(
+                image_id=item.image_id,
+                image_url=self.media_url("image", item.image_id),
+                heatmap_url=self.media_url("heatmap", item.image_id) if has_heatmap else None,
+                predicted_label=item.predicted_label,
+                informativeness=item.informativeness,
+                model_version=item.model_version,
+                probabilities=item.probabilities,
+                good_class=self.good_class,
+            )
+        )
+
+    def push(self, items: Sequence[PushItem], *, adopt_existing: bool) -> dict[int, int]:
         with self._lock:
             pushed = self._existing({item.image_id for item in items}) if adopt_existing else {}
             if pushed:
                 logger.info("adopted %d task(s) already in Label Studio", len(pushed))
             fresh = [item for item in items if item.image_id not in pushed]
-            tasks = []
-            for item in fresh:
-                has_heatmap = self.heatmap is not None and self.heatmap(item.image_id, item.path)
-                tasks.append(
-                    build_task(
-                        TaskSpec(
-                            image_id=item.image_id,
-                            image_url=self.media_url("image", item.image_id),
-                            heatmap_url=self.media_url("heatmap", item.image_id) if has_heatmap else None,
-                            predicted_label=item.predicted_label,
-                            informativeness=item.informativeness,
-                            model_version=item.model_version,
-                            probabilities=item.probabilities,
-                        )
-                    )
-                )
+            tasks = [self._task(item) for item in fresh]
             if tasks:
                 ids = self.gateway.import_tasks(project_id=self.project_id, tasks=tasks)
                 pushed.update({item.image_id: task_id for item, task_id in zip(fresh, ids, strict=True)})
@@ -753,17 +831,13 @@ class LabelStudioSink:
             return pushed
 
     def refresh(self, items: Sequence[PushItem], *, model_version: str) -> None:
-        from labelling.payloads import build_prediction
-
-        for item in items:
-            if item.ls_task_id is None:
-                continue
-            self.gateway.add_prediction(
-                task_id=item.ls_task_id,
-                prediction=build_prediction(
-                    label=item.predicted_label,
-                    informativeness=item.informativeness,
-                    model_version=model_version,
-                ),
-            )
-        self.gateway.set_model_version(project_id=self.project_id, model_version=model_version)
+        """New champions: each open task gets the heat-map redrawn by the new binary champion, the new
+        guess in its data and a prediction of ``model_version``; then the project's version moves."""
+        with self._lock:
+            for item in items:
+                if item.ls_task_id is None:
+                    continue
+                task = self._task(item)
+                self.gateway.update_task_data(task_id=item.ls_task_id, data=task["data"])
+                self.gateway.add_prediction(task_id=item.ls_task_id, prediction=task["predictions"][0])
+            self.gateway.set_model_version(project_id=self.project_id, model_version=model_version)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from db.session import session_scope
-from labelling.errors import LabelStudioUnavailableError
+from labelling.errors import LabellingError, LabelStudioUnavailableError
 from labelling.payloads import AnnotationEvent
 from workers import labelling
 from workers.queues import Queue, idempotent_task_options
@@ -37,6 +37,7 @@ __all__ = [
     "LabellingConfig",
     "publish_annotation_events",
     "register_labelling_tasks",
+    "request_labelling_push",
 ]
 
 PUSH_TASK = "defectloop.push_labelling_batch"
@@ -64,8 +65,9 @@ class LabellingConfig:
     media_secret: str = field(repr=False)
     strategy: str = "entropy"
     batch_size: int = 20
-    push_interval_s: float = 300.0
-    reconcile_interval_s: float = 300.0
+    queue_target: int = 40
+    push_interval_s: float = 30.0
+    reconcile_interval_s: float = 60.0
     heatmaps_dir: Path | None = None
     label_studio_timeout_s: float = 10.0
 
@@ -91,6 +93,7 @@ class _LabellingRuntime:
         self._lock = threading.Lock()
         self._gateway: LabelStudioGateway | None = None
         self._project_id: int | None = None
+        self._emails: dict[int, str] = {}
 
     @property
     def sessions(self) -> Any:
@@ -120,6 +123,27 @@ class _LabellingRuntime:
             self._project_id = project.id
         return self._project_id
 
+    def with_emails(self, events: Sequence[AnnotationEvent]) -> list[AnnotationEvent]:
+        """Events whose annotator is a bare Label Studio user id (webhooks send no more) get the user's
+        e-mail address; when Label Studio cannot say, the id stays and the event is recorded anyway."""
+        named = []
+        for event in events:
+            annotator = event.annotator
+            if annotator is not None and annotator.isascii() and annotator.isdigit():
+                user_id = int(annotator)
+                if user_id not in self._emails:
+                    try:
+                        email = self.gateway.user_email(user_id=user_id)
+                    except LabellingError as exc:
+                        logger.warning("annotator %d recorded by id: %s", user_id, exc)
+                        email = None
+                    if email:
+                        self._emails[user_id] = email
+                if user_id in self._emails:
+                    event = replace(event, annotator=self._emails[user_id])
+            named.append(event)
+        return named
+
     def sink(self) -> labelling.LabelStudioSink:
         from workers.explain import GradcamHeatmaps
 
@@ -131,6 +155,7 @@ class _LabellingRuntime:
             project_id=self.project_id,
             media_url=self.config.media_url,
             heatmap=heatmaps,
+            good_class=self.classes[0],
         )
 
     def embedder(self) -> labelling.Embedder:
@@ -178,7 +203,8 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
 
     @app.task(name=PUSH_TASK, **common)  # type: ignore[untyped-decorator]  # celery is untyped
     def push_labelling_batch(k: int | None = None) -> dict[str, Any]:
-        """Re-rank open tasks under the current champions, then push the next ``k`` most informative."""
+        """Re-rank open tasks under the current champions, then push the next ``k`` most informative
+        (beat gives no ``k``: up to the batch size, topping the open tasks up to the queue target)."""
         sink = runtime.sink()
         project_id = runtime.project_id
         refreshed = labelling.refresh_labelling_predictions(
@@ -198,6 +224,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
             k=config.batch_size if k is None else int(k),
             classes=runtime.classes,
             embed=embed,
+            keep_open=config.queue_target if k is None else None,
         )
         return {**report.as_dict(), "refreshed": refreshed}
 
@@ -205,6 +232,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
     def record_annotations(events: list[dict[str, Any]]) -> dict[str, Any]:
         """Record annotation events from the webhook receiver (idempotent by annotation id)."""
         parsed = [AnnotationEvent.from_json(event) for event in events]  # bad input raises: not retried
+        parsed = runtime.with_emails(parsed)
         with session_scope(runtime.sessions) as session:
             report = labelling.record_annotation_events(session=session, events=parsed)
         return report.as_dict()
@@ -220,6 +248,14 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
             full=bool(full),
         )
         return report.as_dict()
+
+
+def request_labelling_push(app: Any) -> None:
+    """Ask for a top-up push now (beat's push without ``k``); a broker that is down is beat's to cover."""
+    try:
+        app.send_task(PUSH_TASK, queue=Queue.LABELLING.value, retry=False)
+    except Exception as exc:  # the scheduled push runs anyway
+        logger.warning("could not ask for a labelling push now (%s); beat's schedule will push", exc)
 
 
 def publish_annotation_events(app: Any, events: Sequence[AnnotationEvent], *, retry: bool = False) -> None:

@@ -10,224 +10,37 @@ Every wait polls up to a deadline; nothing asserts a timing.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
-from db.schema import Annotation, ImageStatus, LabelTask, ModelTask, SourceKind
-from db.session import create_engine_for, make_session_factory
+from db.schema import Annotation, ImageStatus, ModelTask, SourceKind
 from defectloop.settings import DEFAULT_CLASSES
 from labelling.devserver import LabelStudioServer, find_free_port
-from labelling.gateway import LabelStudioGateway
 from labelling.names import IMAGE_ID_KEY, SECRET_HEADER
-from models.data import InputSpec
 from tests.label_studio_fixtures import unique_project_title
-from tests.worker_harness import register_untrained
+from tests.labelling_deployment import DEFECTLOOP, N_IMAGES, SECRET, Deployment, deploy, register_champion
 from workers import classification
-from workers.labelling import current_model_key
+from workers.labelling import current_model_key, label_studio_version
 
 pytestmark = pytest.mark.integration
-
-DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
-DEADLINE_S = 60.0
-SECRET = "webhook-secret-for-tests-0123456789"
-SPEC = InputSpec(image_size=32, channels=1)
-N_IMAGES = 24
-
-
-@dataclass
-class Deployment:
-    root: Path
-    env: dict[str, str]
-    sessions: sessionmaker[Session]
-    gateway: LabelStudioGateway
-    server: LabelStudioServer
-    public_url: str
-    title: str
-    image_ids: list[int]
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [DEFECTLOOP, *args], env=self.env, capture_output=True, text=True, timeout=300, check=False
-        )
-        assert result.returncode == 0, (
-            f"defectloop {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        )
-        return result
-
-    def start(self, name: str, *args: str) -> None:
-        with (self.root / f"{name}.log").open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [DEFECTLOOP, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, self.log(name)[-3000:]
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-    def start_receiver(self) -> None:
-        self.start("serve", "serve")
-        self.wait_for("the receiver to answer /health", self._receiver_up)
-
-    def _receiver_up(self) -> bool:
-        try:
-            return httpx.get(f"{self.public_url}/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def wait_for(self, what: str, check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            if check():
-                return
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    pytest.fail(f"{name} exited with {process.returncode}:\n{self.log(name)[-3000:]}")
-            time.sleep(0.2)
-        logs = "\n".join(f"--- {name}\n{self.log(name)[-2000:]}" for name in self.processes)
-        pytest.fail(f"timed out waiting for {what}\n{logs}")
-
-    @property
-    def project_id(self) -> int:
-        matches = self.gateway.project_ids(title=self.title)
-        assert len(matches) == 1, matches
-        return matches[0]
-
-    def annotations(self) -> list[Annotation]:
-        with self.sessions() as session:
-            return list(session.scalars(select(Annotation).order_by(Annotation.id)))
-
-    def label_tasks(self) -> list[LabelTask]:
-        with self.sessions() as session:
-            return list(session.scalars(select(LabelTask).order_by(LabelTask.id)))
-
-
-def _register(sessions: sessionmaker[Session], root: Path, task: ModelTask, seed: int) -> None:
-    register_untrained(
-        sessions,
-        root / "artifacts" / f"{task}-{seed}.pt",
-        task,
-        seed=seed,
-        name=f"{task}-baseline_cnn-{seed:04d}",
-    )
-
-
-def _camera_images(sessions: sessionmaker[Session], folder: Path) -> list[int]:
-    folder.mkdir(parents=True)
-    ids = []
-    with sessions.begin() as session:
-        source = repo.get_or_create_source(
-            session=session, name="cam1", kind=SourceKind.CAMERA, path=str(folder)
-        )
-        for n in range(N_IMAGES):
-            rng = np.random.default_rng(n)
-            # Brightness varies per image so the untrained models are not equally unsure of all of them.
-            pixels = np.clip(rng.normal(40 + 8 * n, 30, size=(64, 64)), 0, 255).astype(np.uint8)
-            path = folder / f"shot{n:03d}.png"
-            PILImage.fromarray(pixels, mode="L").save(path)
-            image, _ = repo.add_image(
-                session=session,
-                sha256=f"{n:064x}",
-                path=str(path),
-                source_id=source.id,
-                width=64,
-                height=64,
-                mode="L",
-                size_bytes=path.stat().st_size,
-            )
-            ids.append(image.id)
-    return ids
 
 
 @pytest.fixture(scope="module")
 def deployment(
     label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Deployment]:
-    root = tmp_path_factory.mktemp("labelling-loop")
-    database_url = f"sqlite:///{root / 'defectloop.db'}"
-    upgrade(database_url)
-    engine = create_engine_for(database_url)
-    sessions = make_session_factory(engine)
-    _register(sessions, root, ModelTask.BINARY, seed=1)
-    _register(sessions, root, ModelTask.MULTICLASS, seed=2)
-    ids = _camera_images(sessions, root / "camera")
-    champions = classification.ChampionCache(lambda ref: classification.load_predictor(ref, backend="eager"))
-    report = classification.classify_images(
-        ids,
-        sessions=sessions,
-        champions=champions,
-        good_class=DEFAULT_CLASSES[0],
-        defect_classes=DEFAULT_CLASSES[1:],
-        batch_size=8,
-    )
-    assert len(report.predicted) == N_IMAGES
-
-    port = find_free_port()
-    public_url = f"http://127.0.0.1:{port}"
-    title = unique_project_title(request)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEFECTLOOP_")}
-    env.update(
-        DEFECTLOOP_DATA_DIR=str(root),
-        DEFECTLOOP_DATABASE_URL=database_url,
-        DEFECTLOOP_BROKER_URL=f"sqla+sqlite:///{root / 'broker.db'}",
-        DEFECTLOOP_LABEL_STUDIO_URL=label_studio.url,
-        DEFECTLOOP_LABEL_STUDIO_API_KEY=label_studio.token,
-        DEFECTLOOP_LABEL_STUDIO_PROJECT_TITLE=title,
-        DEFECTLOOP_WEBHOOK_SECRET=SECRET,
-        DEFECTLOOP_HTTP_PORT=str(port),
-        DEFECTLOOP_PUBLIC_URL=public_url,
-        DEFECTLOOP_MC_DROPOUT_PASSES="1",
-        DEFECTLOOP_STRATEGY="entropy",
-        DEFECTLOOP_LOG_LEVEL="INFO",
-        OMP_NUM_THREADS="1",
-        COLUMNS="200",
-        NO_COLOR="1",
-    )
-    with LabelStudioGateway(label_studio.url, label_studio.token) as gateway:
-        state = Deployment(
-            root=root,
-            env=env,
-            sessions=sessions,
-            gateway=gateway,
-            server=label_studio,
-            public_url=public_url,
-            title=title,
-            image_ids=ids,
-        )
-        try:
-            state.cli("labelling", "init")
-            state.start_receiver()
-            state.start("worker", "worker", "--queues", "labelling", "--inference-backend", "eager")
-            yield state
-        finally:
-            for process in state.processes.values():
-                process.send_signal(signal.SIGTERM)
-            for process in state.processes.values():
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            engine.dispose()
+    with deploy(
+        label_studio, tmp_path_factory.mktemp("labelling-loop"), unique_project_title(request)
+    ) as state:
+        yield state
 
 
 def test_init_twice_makes_one_project_one_webhook_and_one_view(deployment: Deployment) -> None:
@@ -241,6 +54,7 @@ def test_init_twice_makes_one_project_one_webhook_and_one_view(deployment: Deplo
     assert len(deployment.gateway.list_views(project_id=project_id)) == 1
     assert SECRET not in second.stdout + second.stderr
     assert deployment.server.token not in second.stdout + second.stderr
+    assert "HTTP Request" not in second.stdout + second.stderr  # the SDK's request log stays out
 
 
 def test_push_orders_the_queue_by_informativeness_and_never_pushes_an_image_twice(
@@ -252,8 +66,11 @@ def test_push_orders_the_queue_by_informativeness_and_never_pushes_an_image_twic
     ours = [t.ls_task_id for t in sorted(tasks, key=lambda t: (-t.informativeness, t.id))]
     assert deployment.gateway.task_ids_by_score(project_id=deployment.project_id) == ours
     project = deployment.gateway.get_project(project_id=deployment.project_id)
-    assert project["model_version"] == tasks[0].model_key
     with deployment.sessions() as session:
+        # Label Studio shows the registry's names of the champions, as `defectloop versions` lists them.
+        shown = label_studio_version(session, tasks[0].model_key or "")
+        assert shown == "binary-baseline_cnn-0001+multiclass-baseline_cnn-0002"
+        assert project["model_version"] == shown
         statuses = repo.count_images_by_status(session=session)
     assert statuses[ImageStatus.LABELLING] == 20
 
@@ -293,7 +110,7 @@ def test_a_submitted_annotation_reaches_the_database_and_updates_and_deletes_fol
     row = recorded()
     assert row is not None
     assert (row.image_id, row.label, row.deleted) == (image_id, "hole", False)
-    assert row.annotator  # who labelled it
+    assert row.annotator == deployment.server.username  # who labelled it, by e-mail
     assert row.annotated_at is not None
     assert len(deployment.annotations()) == before + 1
     with deployment.sessions() as session:
@@ -392,8 +209,12 @@ def test_label_studio_gets_predictions_from_our_ml_backend(deployment: Deploymen
     imported = gateway.import_tasks(
         project_id=project_id,
         tasks=[
-            *({"data": {"image": "http://127.0.0.1:9/x.png", "heatmap": "", IMAGE_ID_KEY: i}} for i in ours),
-            {"data": {"image": "http://example.invalid/x.png", "heatmap": ""}},
+            # The label config names image, heatmap and guess: Label Studio refuses a task without one.
+            *(
+                {"data": {"image": "http://127.0.0.1:9/x.png", "heatmap": "", "guess": "", IMAGE_ID_KEY: i}}
+                for i in ours
+            ),
+            {"data": {"image": "http://example.invalid/x.png", "heatmap": "", "guess": ""}},
         ],
     )
     gateway.request_ml_predictions(project_id=project_id, task_ids=imported)
@@ -404,7 +225,7 @@ def test_label_studio_gets_predictions_from_our_ml_backend(deployment: Deploymen
 
     deployment.wait_for("predictions from our backend", predicted)
     with deployment.sessions() as session:
-        key = current_model_key(session)
+        key = label_studio_version(session, current_model_key(session) or "")
     listed = {t["id"]: t for t in gateway.list_tasks(project_id=project_id)}
     scores = []
     for task_id in imported[:3]:
@@ -498,7 +319,10 @@ def test_a_new_champion_re_predicts_the_open_tasks_and_label_studio_re_ranks_the
     deployment: Deployment,
 ) -> None:
     _tasks_by_image(deployment)
-    _register(deployment.sessions, deployment.root, ModelTask.BINARY, seed=3)
+    heatmaps = deployment.root / "heatmaps"
+    drawn_before = {path.name: path.stat().st_mtime_ns for path in heatmaps.glob("*.png")}
+    assert drawn_before, "the pushes drew no heat-map"
+    register_champion(deployment.sessions, deployment.root, ModelTask.BINARY, seed=3)
     with deployment.sessions.begin() as session:
         newest = max(repo.list_model_versions(session=session, task=ModelTask.BINARY), key=lambda v: v.id)
         repo.set_champion(session=session, version_id=newest.id, actor="test", reason="re-rank check")
@@ -506,9 +330,13 @@ def test_a_new_champion_re_predicts_the_open_tasks_and_label_studio_re_ranks_the
         key = current_model_key(session)
     assert key is not None
 
+    with deployment.sessions() as session:
+        shown = label_studio_version(session, key)
+    assert shown.startswith("binary-baseline_cnn-0003+")
+
     deployment.cli("labelling", "push")
     project_id = deployment.project_id
-    assert deployment.gateway.get_project(project_id=project_id)["model_version"] == key
+    assert deployment.gateway.get_project(project_id=project_id)["model_version"] == shown
     open_tasks = [t for t in deployment.label_tasks() if t.status.value == "pushed"]
     assert open_tasks, "every task was annotated: nothing left to re-rank"
     assert {t.model_key for t in open_tasks} == {key}
@@ -517,4 +345,38 @@ def test_a_new_champion_re_predicts_the_open_tasks_and_label_studio_re_ranks_the
     assert [task_id for task_id in queue if task_id in set(ours)] == ours
     listed = {t["id"]: t for t in deployment.gateway.list_tasks(project_id=project_id)}
     for task_id in ours:
-        assert key in {p["model_version"] for p in listed[task_id]["predictions"]}
+        assert shown in {p["model_version"] for p in listed[task_id]["predictions"]}
+        # The task says which models made its guess and its heat-map, and the heat-map is the new one's.
+        assert listed[task_id]["data"]["model"] == shown
+    for task in open_tasks:
+        redrawn = heatmaps / f"{task.image_id}.png"
+        # (an adopted task had none: drawn now)
+        assert redrawn.stat().st_mtime_ns > drawn_before.get(redrawn.name, 0), "heat-map not redrawn"
+
+
+def test_beat_alone_finds_a_deletion_made_while_the_receiver_was_down(deployment: Deployment) -> None:
+    tasks = _tasks_by_image(deployment)
+    image_id, task_id = sorted(tasks.items())[12]
+    annotation_id = deployment.gateway.create_annotation(task_id=task_id, choice="raw_edge")
+
+    def row() -> Annotation | None:
+        return next((a for a in deployment.annotations() if a.ls_annotation_id == annotation_id), None)
+
+    deployment.wait_for("the webhook's annotation", lambda: row() is not None)
+    deployment.stop("serve")
+    deployment.gateway.delete_annotation(annotation_id=annotation_id)  # no webhook can arrive
+    deployment.start_receiver()
+    time.sleep(1.0)
+    assert not row().deleted  # type: ignore[union-attr]
+
+    # Nobody runs `labelling reconcile`: beat's own schedule (every 2 s here) finds it.
+    deployment.start("beat", "beat", env={"DEFECTLOOP_RECONCILE_INTERVAL_S": "2"})
+    deployment.wait_for("beat's reconciliation to record the deletion", lambda: row().deleted)  # type: ignore[union-attr]
+    deployment.stop("beat")
+    with deployment.sessions() as session:
+        assert repo.get_image(session=session, image_id=image_id).status is ImageStatus.LABELLING
+        task = repo.get_label_task_by_ls_id(
+            session=session, ls_project_id=deployment.project_id, ls_task_id=task_id
+        )
+        assert task is not None
+        assert task.status.value == "pushed"  # open again: the next champion re-scores it

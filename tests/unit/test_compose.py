@@ -65,7 +65,7 @@ def test_every_queue_is_consumed_and_training_has_a_worker_of_its_own(compose: d
 
 
 def test_processes_wait_for_the_migration(compose: dict[str, Any]) -> None:
-    for name in ("watcher", "worker", "trainer", "beat", "receiver"):
+    for name in ("watcher", "worker", "labeller", "trainer", "beat", "receiver"):
         depends = compose["services"][name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
 

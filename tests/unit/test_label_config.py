@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labelling.label_config import build_label_config, choices_in_config
-from labelling.names import FROM_NAME, HEATMAP_NAME, IMAGE_NAME
+from labelling.names import FROM_NAME, GUESS_NAME, HEATMAP_NAME, IMAGE_NAME
 
 CLASSES = ("ok", "hole", "seam_puckering", "uncut_thread", "raw_edge", "broken_stitch")
 
@@ -21,13 +21,36 @@ def test_config_shows_photo_and_heatmap_and_asks_for_one_class() -> None:
     assert images == {IMAGE_NAME: f"${IMAGE_NAME}", HEATMAP_NAME: f"${HEATMAP_NAME}"}
     headers = [header.get("value", "") for header in root.iter("Header")]
     assert any("Photo" in h for h in headers)
-    assert any("heat-map" in h for h in headers)
+    assert any("Grad-CAM" in h for h in headers)
+    # The model's guess in words sits under the images.
+    assert [(text.get("name"), text.get("value")) for text in root.iter("Text")] == [
+        (GUESS_NAME, f"${GUESS_NAME}")
+    ]
     (choices,) = root.iter("Choices")
     assert choices.get("name") == FROM_NAME
     assert choices.get("toName") == IMAGE_NAME
     assert choices.get("choice") == "single"
     assert choices.get("required") == "true"
     assert [c.get("value") for c in choices.iter("Choice")] == list(CLASSES)
+    # One digit key per class, and the header says which.
+    assert [c.get("hotkey") for c in choices.iter("Choice")] == ["1", "2", "3", "4", "5", "6"]
+    assert any("keys 1-6" in h and "Skip" in h for h in headers)
+
+
+def test_photo_and_heatmap_sit_side_by_side_and_zoom() -> None:
+    root = ET.fromstring(build_label_config(CLASSES))  # noqa: S314
+    (row,) = [view for view in root.iter("View") if "display: flex" in view.get("style", "")]
+    assert sorted(image.get("name") for image in row.iter("Image")) == sorted([IMAGE_NAME, HEATMAP_NAME])
+    for image in row.iter("Image"):
+        assert image.get("zoom") == "true"
+        assert image.get("zoomControl") == "true"
+
+
+def test_classes_beyond_ten_have_no_hotkey() -> None:
+    names = [f"c{i}" for i in range(12)]
+    root = ET.fromstring(build_label_config(names))  # noqa: S314
+    keys = [c.get("hotkey") for c in root.iter("Choice")]
+    assert keys == [*"1234567890", None, None]
 
 
 def test_choices_round_trip_in_order() -> None:

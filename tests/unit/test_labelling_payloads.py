@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labelling.errors import LabellingError, PayloadError
-from labelling.names import FROM_NAME, HEATMAP_NAME, IMAGE_ID_KEY, IMAGE_NAME
+from labelling.names import FROM_NAME, GUESS_NAME, HEATMAP_NAME, IMAGE_ID_KEY, IMAGE_NAME, MODEL_NAME_KEY
 from labelling.payloads import (
     AnnotationAction,
     AnnotationEvent,
@@ -21,6 +21,7 @@ from labelling.payloads import (
     TaskSpec,
     build_prediction,
     build_task,
+    describe_guess,
     ml_predict_results,
     parse_annotation,
     parse_webhook,
@@ -192,12 +193,42 @@ def test_build_task_carries_urls_id_guess_and_prediction() -> None:
         IMAGE_ID_KEY: 5,
         "informativeness": 0.123457,
         "predicted": "hole",
+        GUESS_NAME: "Model's guess: hole, very sure (defect 90%; hole 100% of that).",
+        MODEL_NAME_KEY: "binary-3",
         "probabilities": {"ok": 0.1, "hole": 0.9},
     }
     assert task["predictions"] == [
         build_prediction(label="hole", informativeness=0.123456789, model_version="binary-3")
     ]
     json.dumps(task, allow_nan=False)  # Label Studio's import takes strict JSON
+
+
+@pytest.mark.parametrize(
+    ("label", "probabilities", "text"),
+    [
+        ("ok", {"ok": 0.72, "hole": 0.2, "raw_edge": 0.08}, "Model's guess: ok, fairly sure (defect 28%)."),
+        ("ok", {"ok": 0.97, "hole": 0.03}, "Model's guess: ok, very sure (defect 3%)."),
+        # At a low decision threshold a defect is called with p(defect) under one half.
+        (
+            "hole",
+            {"ok": 0.6, "hole": 0.3, "raw_edge": 0.1},
+            "Model's guess: hole, very unsure (defect 40%; hole 75% of that).",
+        ),
+        (
+            "hole",
+            {"ok": 0.05, "hole": 0.95},
+            "Model's guess: hole, very sure (defect 95%; hole 100% of that).",
+        ),
+        (
+            "raw_edge",
+            {"ok": 1.0, "raw_edge": 0.0},
+            "Model's guess: raw_edge, very unsure (defect 0%; raw_edge 0% of that).",
+        ),
+        ("ok", {}, "Model's guess: ok, very sure (defect 0%)."),
+    ],
+)
+def test_the_guess_is_said_in_words(label: str, probabilities: dict[str, float], text: str) -> None:
+    assert describe_guess(label, probabilities, good_class="ok") == text
 
 
 def test_build_task_keeps_the_heatmap_url_and_refuses_bad_values() -> None:
@@ -488,6 +519,27 @@ def test_parse_annotation_reads_an_api_listing() -> None:
         19,
         None,
     )
+
+
+@pytest.mark.parametrize(
+    ("created_username", "annotator"),
+    [
+        (
+            " ann@factory.example, 7",
+            "ann@factory.example",
+        ),  # Label Studio's form: "<first> <last> <email>, <id>"
+        ("Ann Lee ann@factory.example, 7", "ann@factory.example"),
+        ("", "7"),  # no e-mail to read: the id stays (the recording worker looks it up)
+        (None, "7"),
+        ("no address here, 7", "7"),
+    ],
+)
+def test_the_annotator_is_read_by_e_mail_where_the_api_says_it(
+    created_username: object, annotator: str
+) -> None:
+    annotation = annotation_object(40, 19, label="hole", completed_by=7)
+    annotation["created_username"] = created_username
+    assert parse_annotation(annotation, task_object(19), classes=CLASSES).annotator == annotator
 
 
 def test_parse_annotation_validates_like_the_webhook() -> None:

@@ -27,6 +27,7 @@ from tests.unit.test_labelling_payloads import CLASSES, TOKEN, deleted_webhook, 
 
 WEBHOOK_SECRET = "webhook-secret-0123456789abcdef"
 MEDIA_SECRET = "media-secret-fedcba9876543210"
+LABEL_STUDIO_ORIGIN = "http://127.0.0.1:8080"
 AUTH = {SECRET_HEADER: WEBHOOK_SECRET}
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
@@ -90,7 +91,11 @@ def fake(tmp_path: Path) -> FakeHandlers:
 @pytest.fixture
 def client(fake: FakeHandlers) -> Iterator[TestClient]:
     app = create_http_app(
-        handlers=fake, webhook_secret=WEBHOOK_SECRET, media_secret=MEDIA_SECRET, classes=CLASSES
+        handlers=fake,
+        webhook_secret=WEBHOOK_SECRET,
+        media_secret=MEDIA_SECRET,
+        classes=CLASSES,
+        media_origins=[LABEL_STUDIO_ORIGIN],
     )
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
@@ -417,8 +422,63 @@ def test_signed_image_and_heatmap_are_served(client: TestClient, fake: FakeHandl
     assert heatmap.status_code == 200
     assert heatmap.content == PNG
     assert heatmap.headers["content-type"] == "image/png"
-    assert heatmap.headers["cache-control"] == "no-cache"
+    assert heatmap.headers["cache-control"] == "private, no-cache"
     assert fake.media_calls == [("image", 5), ("heatmap", 5)]
+
+
+def test_label_studio_may_load_media_cross_origin_and_no_one_else(client: TestClient) -> None:
+    ours = {"Origin": LABEL_STUDIO_ORIGIN}
+    for kind in ("image", "heatmap"):
+        for method in ("GET", "HEAD"):
+            response = client.request(method, signed(kind, 5), headers=ours)
+            assert response.status_code == 200, (kind, method)
+            assert response.headers["access-control-allow-origin"] == LABEL_STUDIO_ORIGIN
+            assert "Origin" in response.headers["vary"]
+        head = client.head(signed(kind, 5), headers=ours)
+        assert head.content == b""
+        assert int(head.headers["content-length"]) > 0
+    # The preflight Label Studio's fetch may send first: answered for its origin, refused for others.
+    preflight = client.options(
+        signed("image", 5),
+        headers=ours | {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == LABEL_STUDIO_ORIGIN
+    assert set(preflight.headers["access-control-allow-methods"].split(", ")) == {"GET", "HEAD"}
+    assert preflight.headers["access-control-allow-headers"] == "range"
+    for origin in ("http://evil.example", "http://127.0.0.1:8081", "null"):
+        stranger = client.get(signed("image", 5), headers={"Origin": origin})
+        assert "access-control-allow-origin" not in stranger.headers
+        refused = client.options(
+            signed("image", 5), headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+        )
+        assert refused.status_code == 403
+        assert "access-control-allow-origin" not in refused.headers
+    post = client.options(signed("image", 5), headers=ours | {"Access-Control-Request-Method": "POST"})
+    assert post.status_code == 403
+    # The signature still guards the file, origin or not; the refusal is readable by Label Studio's page.
+    forged = client.get("/media/image/5?sig=AAAAAAAAAAAAAAAAAAAAAA", headers=ours)
+    assert forged.status_code == 403
+    assert forged.headers["access-control-allow-origin"] == LABEL_STUDIO_ORIGIN
+
+
+def test_a_redrawn_heatmap_is_never_served_from_the_browser_cache(
+    client: TestClient, fake: FakeHandlers
+) -> None:
+    first = client.get(signed("heatmap", 5))
+    etag = first.headers["etag"]
+    assert client.get(signed("heatmap", 5), headers={"If-None-Match": etag}).status_code == 304
+    # A new champion redraws the heat-map: written beside and renamed over, as the workers do.
+    redrawn = fake.media_dir / "heatmap-5.png.tmp"
+    redrawn.write_bytes(PNG + b"redrawn")
+    redrawn.replace(fake.media_dir / "heatmap-5.png")
+    again = client.get(signed("heatmap", 5), headers={"If-None-Match": etag})
+    assert again.status_code == 200
+    assert again.content == PNG + b"redrawn"
+    assert again.headers["etag"] != etag
+    assert "max-age" not in again.headers["cache-control"]
+    # A photo never changes under its id: the browser keeps it.
+    assert "max-age=86400" in client.get(signed("image", 5)).headers["cache-control"]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,39 @@ def test_relative_data_dir_is_resolved_once(tmp_path: Path, monkeypatch: pytest.
     assert settings.data_dir.is_absolute()
 
 
+def test_the_default_data_dir_is_one_place_wherever_a_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    seen = set()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        seen.add(load_settings({}).data_dir)
+    assert seen == {tmp_path / "xdg" / "defectloop"}
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert load_settings({}).data_dir == Path.home() / ".local" / "share" / "defectloop"
+
+
+def test_label_studio_origins_may_load_media(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings({"DEFECTLOOP_LABEL_STUDIO_URL": "http://127.0.0.1:8080/"})
+    assert settings.media_origins == ("http://127.0.0.1:8080", "http://localhost:8080")
+    remote = load_settings(
+        {
+            "DEFECTLOOP_LABEL_STUDIO_URL": "https://Label.Example.com:443/ls",
+            "DEFECTLOOP_MEDIA_ALLOWED_ORIGINS": "https://review.example.com, http://10.0.0.5:8080/",
+        }
+    )
+    assert remote.media_origins == (
+        "https://label.example.com",
+        "https://review.example.com",
+        "http://10.0.0.5:8080",
+    )
+    for bad in ("https://a.example/path", "a.example", "https://a.example?x=1", "ftp://a.example"):
+        with pytest.raises(SettingsError, match="DEFECTLOOP_MEDIA_ALLOWED_ORIGINS"):
+            load_settings({"DEFECTLOOP_MEDIA_ALLOWED_ORIGINS": bad})
+
+
 def test_values_come_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEFECTLOOP_CLASSES", "ok, hole ,raw_edge")
     monkeypatch.setenv("DEFECTLOOP_IMAGE_CHANNELS", "1")

@@ -6,6 +6,7 @@ planning, recording and reconciliation run for real.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -140,7 +141,9 @@ def test_beat_push_hands_the_most_informative_images_to_the_labelling_side_once(
     infos = [item.informativeness for item in items]
     assert infos == sorted(infos, reverse=True)
     assert all(0.0 <= x <= 1.0 for x in infos)
-    assert {item.model_version for item in items} == {repo.make_model_key(binary_id, None)}
+    with sessions() as session:  # Label Studio shows the registry's name of the model
+        name = repo.get_model_version(session=session, version_id=binary_id).name
+    assert {item.model_version for item in items} == {name}
     assert sorted(report.pushed) == sorted([ids[5], ids[4], ids[3]])
     assert _statuses(sessions, ids) == [ImageStatus.PREDICTED] * 3 + [ImageStatus.LABELLING] * 3
 
@@ -256,6 +259,10 @@ def test_annotation_events_label_the_image_idempotently_and_deletion_reopens_it(
     assert _statuses(sessions, [image_id]) == [ImageStatus.LABELLING]  # waits for a label again
     with sessions() as session:
         assert repo.current_label(session=session, image_id=image_id) is None
+        # ... and its task is open again, so the next champion re-scores it with the others.
+        task = repo.get_label_task_by_ls_id(session=session, ls_project_id=7, ls_task_id=task_id)
+        assert task is not None
+        assert task.status is LabelTaskStatus.PUSHED
 
 
 def test_skips_are_kept_as_cancelled_and_unknown_tasks_are_ignored(sessions: sessionmaker[Session]) -> None:
@@ -283,6 +290,8 @@ class FakeSource:
 
     annotations: dict[int, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     calls: list[datetime | None] = field(default_factory=list)
+    inspected: list[int] = field(default_factory=list)  # tasks whose annotation ids were asked for
+    tasks: set[int] = field(default_factory=set)
 
     def add(self, annotation_id: int, task_id: int, image_id: int, label: str, when: datetime) -> None:
         annotation = {
@@ -304,6 +313,17 @@ class FakeSource:
         }
         task = {"id": task_id, "project": 7, "data": {IMAGE_ID_KEY: image_id}}
         self.annotations[annotation_id] = (annotation, task)
+        self.tasks.add(task_id)
+
+    def annotation_counts(self, *, project_id: int) -> dict[int, int]:
+        counts = dict.fromkeys(self.tasks, 0)  # as Label Studio: every task, annotated or not
+        for annotation, _ in self.annotations.values():
+            counts[annotation["task"]] = counts.get(annotation["task"], 0) + 1
+        return counts
+
+    def annotation_ids(self, *, task_id: int) -> set[int]:
+        self.inspected.append(task_id)
+        return {a["id"] for a, _ in self.annotations.values() if a["task"] == task_id}
 
     def list_annotations(
         self, *, project_id: int, updated_after: datetime | None = None
@@ -341,14 +361,22 @@ def test_reconciliation_records_what_webhooks_missed_once_and_moves_its_cursor(
         assert session.scalar(select(func.count()).select_from(Annotation)) == 5
         assert set(repo.count_images_by_status(session=session).items()) >= {(ImageStatus.LABELLED, 5)}
 
-    # A deletion leaves nothing to list: only the full resync can see it.
+    # A deletion leaves nothing to list by time: the per-task counts show it, and only that task's
+    # annotations are read.
+    deleted_task = source.annotations[700][0]["task"]
     del source.annotations[700]
-    assert reconcile().recorded.deleted == 0
+    found = reconcile()
+    assert found.recorded.deleted == 1
+    assert source.inspected == [deleted_task]
+    assert reconcile().recorded.deleted == 0  # once
+    # The disaster resync reads everything and finds the same: nothing more to delete.
+    del source.annotations[701]
     full = reconcile(full=True)
     assert source.calls[-1] is None
     assert full.recorded.deleted == 1
     with sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Annotation).where(Annotation.deleted)) == 1
+        assert session.scalar(select(func.count()).select_from(Annotation).where(Annotation.deleted)) == 2
+        assert repo.count_images_by_status(session=session)[ImageStatus.LABELLING] == 2
 
 
 def test_reconciliation_reports_invalid_annotations_without_recording_them(
@@ -401,7 +429,8 @@ def test_a_champion_change_re_predicts_open_tasks_under_the_new_version(
     assert moved == 2
     assert sorted(i for i, _ in scored[0]) == sorted(pushed)
     items, version = sink.refreshes[0]
-    assert version == new_key
+    assert version == challenger.name
+    assert {item.model_version for item in items} == {challenger.name}
     assert sorted(item.ls_task_id for item in items) == sorted(pushed.values())  # type: ignore[type-var]
     with sessions() as session:
         assert {t.model_key for t in session.scalars(select(LabelTask))} == {new_key}
@@ -424,15 +453,18 @@ def test_backend_handlers_answer_predict_in_task_order_and_know_only_pushed_task
     heatmaps = tmp_path / "heatmaps"
     heatmaps.mkdir()
     (heatmaps / f"{ids[0]}.png").write_bytes(b"png")
+    retrains: list[str] = []
     handlers = LabellingHandlers(
         sessions=sessions,
         publish_events=published.append,
         classes=CLASSES,
         strategy="entropy",
         heatmaps_dir=heatmaps,
+        publish_retrain=lambda: retrains.append("sent"),
     )
-    key = repo.make_model_key(binary_id, None)
-    assert handlers.model_version() == key
+    with sessions() as session:
+        key = repo.get_model_version(session=session, version_id=binary_id).name
+    assert handlers.model_version() == key  # the registry's name, as `versions` lists it
     assert handlers.versions() == [key]
     assert handlers.is_known_task(ls_project_id=7, ls_task_id=task_id, image_id=image_id)
     assert not handlers.is_known_task(ls_project_id=7, ls_task_id=task_id + 1, image_id=None)
@@ -456,6 +488,7 @@ def test_backend_handlers_answer_predict_in_task_order_and_know_only_pushed_task
     assert handlers.media_path("image", 424242) is None
 
     handlers.request_training(reason="Label Studio START_TRAINING")
+    assert retrains == ["sent"]  # the training worker hears at once, not at beat's next policy check
     handlers.request_training(reason="pressed twice")  # joins the pending request
     with sessions() as session:
         runs = session.scalars(select(TrainingRun)).all()
@@ -507,6 +540,39 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
     for name in (PUSH_TASK, RECORD_TASK, RECONCILE_TASK):
         assert app.conf.task_routes[name] == {"queue": "labelling"}
         assert app.tasks[name].acks_late
+    # Beat sends every entry once when it starts: the first push does not wait a whole interval.
+    from workers.celery_app import send_beat_entries_now
+
+    sent = send_beat_entries_now(app)
+    assert {"push-labelling-batch", "reconcile-annotations", "requeue-waiting-images"} <= set(sent)
+    with sqlite3.connect(tmp_path / "broker.db") as db:
+        queued = dict(
+            db.execute(
+                "SELECT q.name, count(*) FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                "GROUP BY q.name"
+            ).fetchall()
+        )
+    assert queued["labelling"] == 2  # the push and the reconciliation
+    assert queued["maintenance"] == len(sent) - 2
+
+    # A worker that predicted new images asks for a top-up push, at most once per interval.
+    from workers.labelling_tasks import request_labelling_push
+
+    runtime = app.defectloop_runtime
+    assert runtime.push_request_due(60.0)
+    assert not runtime.push_request_due(60.0)
+    request_labelling_push(app)
+    with sqlite3.connect(tmp_path / "broker.db") as db:
+        bodies = [
+            row[0]
+            for row in db.execute(
+                "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                "WHERE q.name = 'labelling'"
+            )
+        ]
+    assert len(bodies) == 3
+    assert sum(PUSH_TASK in body for body in bodies) == 2
+    app.close()
     assert "token-0123" not in repr(config)
     assert config.media_url("image", 5).startswith("http://127.0.0.1:8000/media/image/5?sig=")
     with pytest.raises(ValueError, match="DEFECTLOOP_LABEL_STUDIO_API_KEY"):
@@ -517,6 +583,37 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
             public_url="http://y",
             media_secret="m",
         )
+
+
+def test_beat_tops_the_open_tasks_up_to_the_queue_target_and_an_explicit_k_pushes_k(
+    sessions: sessionmaker[Session],
+) -> None:
+    _pool(sessions, n=8)
+    sink = RecordingSink()
+
+    def beat_push() -> Any:
+        return labelling.push_labelling_batch(
+            sessions=sessions,
+            sink=sink,
+            ls_project_id=7,
+            strategy="entropy",
+            k=3,
+            classes=CLASSES,
+            keep_open=5,
+        )
+
+    assert len(beat_push().pushed) == 3  # at most a batch per push
+    assert len(beat_push().pushed) == 2  # up to the target of 5 open tasks
+    assert len(beat_push().pushed) == 0  # the annotators have enough
+    # An annotator labels two: the next push brings the queue back to five.
+    with sessions.begin() as session:
+        done = [t for t in session.scalars(select(LabelTask)) if t.ls_task_id is not None][:2]
+        for n, task in enumerate(done):
+            labelling.record_annotation_events(
+                session=session, events=[_event(AnnotationAction.CREATED, 900 + n, task.ls_task_id, "hole")]
+            )
+    assert len(beat_push().pushed) == 2
+    assert len(_push(sessions, sink, k=1).pushed) == 1  # an engineer's `labelling push --k 1`
 
 
 def test_only_one_push_per_project_runs_at_a_time(sessions: sessionmaker[Session]) -> None:
