@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.10)
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--cache",
+        type=Path,
+        help="npz of the encoder features: read when it exists (its tiles and size must match), else written",
+    )
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     set_threads(args.threads)
     started = time.perf_counter()
-    out = RESULTS_DIR / f"{NAME}.json" if args.out is None else __import__("pathlib").Path(args.out)
+    out = RESULTS_DIR / f"{NAME}.json" if args.out is None else Path(args.out)
     tiles = load_tiles(require_dataset())
     labels = tiles.labels
     fabric = np.array([row.get("fabric", "") for row in tiles.info])
@@ -140,20 +146,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder = build_encoder("efficientnet_lite0", weights)
     dataset = ImageDataset(records, labels.tolist(), spec, augment=False, cache=False)
 
-    console.print(f"encoder features for {n} tiles at {args.image_size} px ({args.threads} thread(s))")
     t0 = time.perf_counter()
-    pooled, patches = [], []
-    batch = 32
-    for i in range(0, n, batch):
-        x = torch.stack([dataset[j][0] for j in range(i, min(i + batch, n))])
-        feats = stage_features(encoder, x, sorted(set(PROBE_STAGES) | set(PATCH_STAGES)))
-        pooled.append(pooled_descriptors({s: feats[s] for s in PROBE_STAGES}))
-        patches.append(patch_descriptors({s: feats[s] for s in PATCH_STAGES}).half())
-        if (i // batch) % 10 == 0:
-            console.print(f"  {i + len(x)}/{n} tiles, {time.perf_counter() - t0:.0f} s")
-    pooled_x = torch.cat(pooled)
-    patch_x = torch.cat(patches)
-    extract_seconds = time.perf_counter() - t0
+    if args.cache is not None and args.cache.is_file():
+        cached = np.load(args.cache)
+        pooled_x, patch_x = torch.as_tensor(cached["pooled"]), torch.as_tensor(cached["patches"])
+        extract_seconds = float(cached["seconds"])
+        console.print(f"encoder features read from {args.cache} (computed in {extract_seconds:.0f} s)")
+    else:
+        console.print(f"encoder features for {n} tiles at {args.image_size} px ({args.threads} thread(s))")
+        pooled, patches = [], []
+        batch = 32
+        for i in range(0, n, batch):
+            x = torch.stack([dataset[j][0] for j in range(i, min(i + batch, n))])
+            feats = stage_features(encoder, x, sorted(set(PROBE_STAGES) | set(PATCH_STAGES)))
+            pooled.append(pooled_descriptors({s: feats[s] for s in PROBE_STAGES}))
+            patches.append(patch_descriptors({s: feats[s] for s in PATCH_STAGES}).half())
+            if (i // batch) % 10 == 0:
+                console.print(f"  {i + len(x)}/{n} tiles, {time.perf_counter() - t0:.0f} s")
+        pooled_x = torch.cat(pooled)
+        patch_x = torch.cat(patches)
+        extract_seconds = time.perf_counter() - t0
+        if args.cache is not None:
+            args.cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(args.cache, pooled=pooled_x.numpy(), patches=patch_x.numpy(), seconds=extract_seconds)
     console.print(f"features: {extract_seconds:.0f} s ({1000 * extract_seconds / n:.0f} ms per tile)")
 
     result: dict[str, Any] = {
