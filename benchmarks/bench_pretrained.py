@@ -358,8 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         zs = ", ".join(f"{fab} {e['auc']['mean']:.2f}" for fab, e in zero.items())
         pt = result["anomaly_pointing"]
         write_docs_row(
-            "unsupervised anomaly score per fabric (models.anomaly, frozen Lite0 patches, kNN bank), "
-            f"zero-shot AUC, fitted on the other half of the fabric's strips, {len(args.seeds)} seeds",
+            "unsupervised anomaly score per fabric (models.anomaly: frozen Lite0 stages 2+3, kNN k=3, bank "
+            f"{args.bank_size} patches), zero-shot AUC, fitted on one half of the fabric's strips (defects "
+            "included) scoring the other half",
             f"AUC {zs} (target >= 0.80); heat-map max in the defect mask {pt['share_0px']:.2f} (0 px) / "
             f"{pt['share_8px']:.2f} (8 px) on {pt['defect_tiles']} defect tiles vs random point "
             f"{pt['random_point_0px']:.2f} / {pt['random_point_8px']:.2f}",
