@@ -450,9 +450,14 @@ class LabelStudioGateway:
             }
 
     def annotation_ids(self, *, task_id: int) -> set[int]:
-        """The ids of the annotations Label Studio holds for one task (skipped ones included)."""
-        with self._translate(f"list the annotations of task {task_id}"):
-            return {int(annotation.id) for annotation in self._ls.annotations.list(id=task_id)}
+        """The ids of the annotations Label Studio holds for one task, skipped ones included.
+
+        Read from the task itself: the task's annotation listing (``/api/tasks/{id}/annotations``)
+        leaves skipped (cancelled) annotations out.
+        """
+        with self._translate(f"read task {task_id}"):
+            task = _plain(self._ls.tasks.get(id=str(task_id)))
+        return {int(_plain(annotation)["id"]) for annotation in task.get("annotations") or []}
 
     def user_email(self, *, user_id: int) -> str | None:
         """The e-mail address of a Label Studio user (how annotators are recorded), None if unknown."""

@@ -31,11 +31,12 @@ pytestmark = pytest.mark.integration
 def make_task(
     image_id: int, *, score: float, label: str = "hole", model_version: str = "v1"
 ) -> dict[str, Any]:
-    """A minimal task as the labelling service pushes it: photo, heat-map, our id, one prediction."""
+    """A minimal task as the labelling service pushes it: photo, heat-map, guess, our id, one prediction."""
     return {
         "data": {
             IMAGE_NAME: f"http://images.invalid/{image_id}.png",
             "heatmap": f"http://images.invalid/{image_id}-heatmap.png",
+            "guess": f"Model's guess: {label}",
             IMAGE_ID_KEY: image_id,
         },
         "predictions": [make_prediction(score=score, label=label, model_version=model_version)],
@@ -411,3 +412,30 @@ def test_ml_backend_predictions_on_request(ls_gateway: LabelStudioGateway, ls_pr
         assert sorted(t["id"] for body in predicted for t in body["tasks"]) == sorted(task_ids[:2])
     finally:
         backend.stop()
+
+
+def test_annotation_counts_ids_users_and_task_data(
+    ls_gateway: LabelStudioGateway, ls_project: int, label_studio: LabelStudioServer
+) -> None:
+    first, second = ls_gateway.import_tasks(
+        project_id=ls_project, tasks=[make_task(i, score=0.5) for i in (1, 2)]
+    )
+    kept = ls_gateway.create_annotation(task_id=first, choice="hole")
+    skipped = ls_gateway.create_annotation(task_id=first, choice=None, was_cancelled=True)
+    gone = ls_gateway.create_annotation(task_id=second, choice="ok")
+    ls_gateway.delete_annotation(annotation_id=gone)
+    # Skips count; a deleted annotation no longer does (Label Studio recounts on delete).
+    assert ls_gateway.annotation_counts(project_id=ls_project) == {first: 2, second: 0}
+    assert ls_gateway.annotation_ids(task_id=first) == {kept, skipped}
+    assert ls_gateway.annotation_ids(task_id=second) == set()
+
+    (me,) = {a["completed_by"] for a, _ in ls_gateway.list_annotations(project_id=ls_project)}
+    user_id = me["id"] if isinstance(me, dict) else int(me)
+    assert ls_gateway.user_email(user_id=user_id) == label_studio.username
+    assert ls_gateway.user_email(user_id=987_654) is None
+
+    data = dict(make_task(1, score=0.5, label="raw_edge")["data"])
+    ls_gateway.update_task_data(task_id=first, data=data)
+    (listed,) = [t for t in ls_gateway.list_tasks(project_id=ls_project) if t["id"] == first]
+    assert listed["data"]["guess"] == "Model's guess: raw_edge"
+    assert listed["total_annotations"] == 1  # its annotations are untouched
