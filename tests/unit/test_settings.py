@@ -182,7 +182,7 @@ def test_workers_run_mc_dropout_passes_only_for_bald() -> None:
 
 def test_retraining_settings_parse_lists_and_floors_and_name_what_is_wrong() -> None:
     from defectloop.app import retraining_config
-    from defectloop.settings import ARCHITECTURE_NAMES
+    from defectloop.settings import ARCHITECTURE_NAMES, DEFAULT_RETRAIN_ARCHITECTURES
     from models.registry import ARCHITECTURES
 
     assert sorted(ARCHITECTURE_NAMES) == sorted(ARCHITECTURES), "settings repeat the registry's names"
@@ -200,7 +200,7 @@ def test_retraining_settings_parse_lists_and_floors_and_name_what_is_wrong() -> 
     assert config.plan.auto_promote
     assert config.plan.policy.recall_floors == {"hole": 0.5, "raw_edge": 0.25}
     assert config.min_new_labels == 7
-    assert load_settings({}).retrain_architectures == ARCHITECTURE_NAMES
+    assert load_settings({}).retrain_architectures == DEFAULT_RETRAIN_ARCHITECTURES
     for variable, value, expected in (
         ("DEFECTLOOP_RETRAIN_ARCHITECTURES", "resnet50", "resnet50"),
         ("DEFECTLOOP_PROMOTION_RECALL_FLOORS", "hole=1.5", "CLASS=VALUE"),
