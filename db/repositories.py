@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Table, Update, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, Update, delete, func, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -995,6 +995,15 @@ def mark_label_task_failed(*, session: Session, label_task_id: int, reason: str)
     task.reason = reason
     session.flush()
     return task
+
+
+def delete_open_label_task(*, session: Session, label_task_id: int) -> bool:
+    """Forget a task that waits for a label (pending, pushed or failed; its Label Studio task was taken
+    back); True if deleted. A completed task holds an annotation and is never deleted here."""
+    stmt = delete(LabelTask).where(
+        LabelTask.id == label_task_id, LabelTask.status != LabelTaskStatus.COMPLETED
+    )
+    return len(session.scalars(stmt.returning(LabelTask.id)).all()) == 1
 
 
 def mark_label_task_completed(*, session: Session, ls_project_id: int, ls_task_id: int) -> bool:

@@ -345,6 +345,17 @@ class LabelStudioGateway:
             )
         return int(created.id)
 
+    def delete_task(self, *, task_id: int) -> bool:
+        """Delete a task (its photo changed under it); False if Label Studio had no such task."""
+        with self._translate(f"delete task {task_id}"):
+            try:
+                self._ls.tasks.delete(id=str(task_id))
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return False
+                raise
+        return True
+
     def update_task_data(self, *, task_id: int, data: Mapping[str, Any]) -> None:
         """Replace a task's data (after a champion change: the new guess, the redrawn heat-map's URL)."""
         with self._translate(f"update the data of task {task_id}"):

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.schema import ModelTask, TrainingTrigger
+from db.schema import ImageStatus, ModelTask, TrainingTrigger
 from db.session import session_scope
 from labelling.names import IMAGE_ID_KEY
 from labelling.payloads import AnnotationEvent, TaskPrediction, ml_predict_results
@@ -170,5 +170,8 @@ class LabellingHandlers:
         if kind == "image":
             with session_scope(self._sessions) as session:
                 images = repo.list_images_by_ids(session=session, image_ids=[image_id])
-                return Path(images[0].path) if images else None
+                # A superseded row's file holds other bytes now: never show them under this image.
+                if not images or images[0].status is ImageStatus.SUPERSEDED:
+                    return None
+                return Path(images[0].path)
         return None

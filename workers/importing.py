@@ -299,6 +299,17 @@ def _write(session: Session, item: _Checked, source_id: int, seen: dict[str, tup
     if image.status is ImageStatus.QUARANTINED:
         logger.warning("skipped %s: its bytes were quarantined before (%s)", item.rel, image.reason)
         return ALREADY_QUARANTINED
+    if image.status is ImageStatus.SUPERSEDED:
+        # These bytes were recorded before from a file that changed since: here they are again, an
+        # image once more (as the watcher does), labelled below.
+        repo.revive_image(
+            session=session,
+            image_id=image.id,
+            status=ImageStatus.LABELLED,
+            path=path,
+            original_name=item.record.path.name,
+            source_id=source_id,
+        )
     previous = None if created else _latest_import_label(session, image.id)
     if previous == label:
         return "already_present"

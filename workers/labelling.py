@@ -111,6 +111,10 @@ class LabellingSink(Protocol):
         """Give existing tasks (``ls_task_id`` set) a prediction of ``model_version``; make it current."""
         ...
 
+    def remove(self, ls_task_ids: Sequence[int]) -> None:
+        """Delete these tasks (their photos changed under them: a label would go to the wrong bytes)."""
+        ...
+
 
 class AnnotationSource(Protocol):
     """Where reconciliation reads annotations from (the Label Studio API)."""
@@ -345,6 +349,8 @@ def _push_items(session: Session, ls_project_id: int, tasks: Iterable[Any]) -> l
     items = []
     for task in tasks:
         image = repo.get_image(session=session, image_id=task.image_id)
+        if image.status is ImageStatus.SUPERSEDED:
+            continue  # retire_superseded_tasks takes it back
         prediction = repo.latest_prediction(session=session, image_id=task.image_id, model_key=task.model_key)
         if prediction is None:  # planned under a key whose prediction is gone: take the newest one
             prediction = repo.latest_prediction(session=session, image_id=task.image_id)
@@ -451,6 +457,45 @@ def push_labelling_batch(
     report.pushed = dict(pushed)
     logger.info("pushed %d task(s) to project %d (%d retried)", len(pushed), ls_project_id, report.retried)
     return report
+
+
+@_exclusive(lambda: 0)
+def retire_superseded_tasks(
+    *, sessions: sessionmaker[Session], sink: LabellingSink, ls_project_id: int
+) -> int:
+    """Take back the open tasks whose image was superseded (its file now holds other bytes); how many.
+
+    Their photo URL would show the new bytes under the old image's task, and a label would go to a row
+    that no longer is an image. The new bytes are an image of their own, ranked and pushed like any other.
+    """
+    with session_scope(sessions) as session:
+        tasks = repo.list_label_tasks(
+            session=session,
+            ls_project_id=ls_project_id,
+            statuses=[LabelTaskStatus.PENDING, LabelTaskStatus.PUSHED, LabelTaskStatus.FAILED],
+        )
+        images = {
+            i.id: i for i in repo.list_images_by_ids(session=session, image_ids=[t.image_id for t in tasks])
+        }
+        stale = [
+            (task.id, task.image_id, task.ls_task_id, images[task.image_id].superseded_by_id)
+            for task in tasks
+            if images[task.image_id].status is ImageStatus.SUPERSEDED
+        ]
+    if not stale:
+        return 0
+    sink.remove([ls_task_id for _, _, ls_task_id, _ in stale if ls_task_id is not None])
+    with session_scope(sessions) as session:
+        for label_task_id, image_id, ls_task_id, by in stale:
+            repo.delete_open_label_task(session=session, label_task_id=label_task_id)
+            logger.info(
+                "task %s of image %d taken back from project %d: its file now holds image %s",
+                ls_task_id,
+                image_id,
+                ls_project_id,
+                by,
+            )
+    return len(stale)
 
 
 Scorer = Callable[[Sequence[tuple[int, str]]], None]
@@ -841,3 +886,8 @@ class LabelStudioSink:
                 self.gateway.update_task_data(task_id=item.ls_task_id, data=task["data"])
                 self.gateway.add_prediction(task_id=item.ls_task_id, prediction=task["predictions"][0])
             self.gateway.set_model_version(project_id=self.project_id, model_version=model_version)
+
+    def remove(self, ls_task_ids: Sequence[int]) -> None:
+        with self._lock:
+            for task_id in ls_task_ids:
+                self.gateway.delete_task(task_id=task_id)

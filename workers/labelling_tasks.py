@@ -207,6 +207,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
         (beat gives no ``k``: up to the batch size, topping the open tasks up to the queue target)."""
         sink = runtime.sink()
         project_id = runtime.project_id
+        labelling.retire_superseded_tasks(sessions=runtime.sessions, sink=sink, ls_project_id=project_id)
         refreshed = labelling.refresh_labelling_predictions(
             sessions=runtime.sessions,
             sink=sink,

@@ -852,6 +852,25 @@ def test_label_tasks_are_found_by_label_studio_id_and_listed_by_status(db_sessio
     assert (found.model_key, found.informativeness) == ("b9-m-", 0.1)
 
 
+def test_a_deleted_label_reopens_its_task_and_only_open_tasks_can_be_forgotten(db_session: Session) -> None:
+    done, still = new_image(db_session, "a.png"), new_image(db_session, "b.png")
+    tasks = []
+    for n, image in enumerate((done, still)):
+        task, _ = repo.add_label_task(
+            session=db_session, image_id=image.id, ls_project_id=3, informativeness=0.5, strategy="entropy"
+        )
+        repo.mark_label_task_pushed(session=db_session, label_task_id=task.id, ls_task_id=90 + n)
+        tasks.append(task)
+    assert repo.mark_label_task_completed(session=db_session, ls_project_id=3, ls_task_id=90)
+    assert not repo.delete_open_label_task(session=db_session, label_task_id=tasks[0].id)  # completed
+    assert repo.reopen_label_task(session=db_session, ls_task_id=90)  # its label was deleted
+    assert not repo.reopen_label_task(session=db_session, ls_task_id=90)  # once
+    assert repo.get_label_task(session=db_session, label_task_id=tasks[0].id).status is LabelTaskStatus.PUSHED
+    assert repo.delete_open_label_task(session=db_session, label_task_id=tasks[1].id)
+    assert not repo.delete_open_label_task(session=db_session, label_task_id=tasks[1].id)
+    assert [t.id for t in repo.list_label_tasks(session=db_session, ls_project_id=3)] == [tasks[0].id]
+
+
 def test_sync_cursor_only_moves_forward_and_can_be_reset(db_session: Session) -> None:
     t0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     assert repo.get_sync_cursor(session=db_session, name="reconcile:1") is None

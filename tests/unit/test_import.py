@@ -198,6 +198,37 @@ def test_an_image_seen_by_a_camera_is_labelled_by_the_import(
     assert _label_of(sessions, Path("/mnt/cam1/x.png")) == "hole"
 
 
+def test_bytes_of_a_superseded_camera_row_are_an_image_again_when_imported(
+    sessions: sessionmaker[Session], folder: Path
+) -> None:
+    photo = sorted((folder / "hole").glob("*.png"))[0]
+    facts = importing._check_file(ImageRecord(path=photo, label="hole", group="g"), folder)
+    assert facts.sha256 is not None
+    with sessions.begin() as session:
+        camera = repo.get_or_create_source(session=session, name="cam1", kind=SourceKind.CAMERA)
+        image, _ = repo.add_image(
+            session=session,
+            sha256=facts.sha256,
+            path="/mnt/cam1/x.png",
+            source_id=camera.id,
+            width=32,
+            height=32,
+            mode="RGB",
+            size_bytes=facts.size_bytes,
+            original_name="x.png",
+        )
+        image_id = image.id
+        # The camera file was overwritten since: its row no longer is an image.
+        repo.supersede_images_at(session=session, paths=["/mnt/cam1/x.png"], reason="file changed")
+    _import(sessions, folder)
+    with sessions() as session:
+        revived = repo.get_image(session=session, image_id=image_id)
+        assert revived.status is ImageStatus.LABELLED  # so it is trained on
+        assert revived.path == str(photo)
+        assert repo.current_label(session=session, image_id=image_id) == "hole"
+    assert _count(sessions, Image, Image.status == ImageStatus.LABELLED) == 12
+
+
 def test_the_same_bytes_in_two_class_folders_keep_the_first_label(
     sessions: sessionmaker[Session], folder: Path
 ) -> None:

@@ -59,6 +59,7 @@ class RecordingSink:
     existing: dict[int, int] = field(default_factory=dict)  # image id -> task id already "in Label Studio"
     pushes: list[tuple[list[PushItem], bool]] = field(default_factory=list)
     refreshes: list[tuple[list[PushItem], str]] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
 
     def push(self, items: Sequence[PushItem], *, adopt_existing: bool) -> dict[int, int]:
         self.pushes.append((list(items), adopt_existing))
@@ -80,6 +81,9 @@ class RecordingSink:
 
     def refresh(self, items: Sequence[PushItem], *, model_version: str) -> None:
         self.refreshes.append((list(items), model_version))
+
+    def remove(self, ls_task_ids: Sequence[int]) -> None:
+        self.removed.extend(ls_task_ids)
 
     def created_tasks(self) -> int:
         return len(self.existing)
@@ -614,6 +618,38 @@ def test_beat_tops_the_open_tasks_up_to_the_queue_target_and_an_explicit_k_pushe
             )
     assert len(beat_push().pushed) == 2
     assert len(_push(sessions, sink, k=1).pushed) == 1  # an engineer's `labelling push --k 1`
+
+
+def test_a_task_whose_photo_changed_is_taken_back_and_its_photo_never_served(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    ids, _ = _pool(sessions, n=3)
+    sink = RecordingSink()
+    pushed = _push(sessions, sink, k=2).pushed
+    changed = sorted(pushed)[0]
+    with sessions.begin() as session:  # the watcher found new bytes in its file
+        newer = new_image(session, "img-new.png")
+        image = repo.get_image(session=session, image_id=changed)
+        repo.supersede_images_at(
+            session=session, paths=[image.path], reason="file changed", by_image_id=newer.id
+        )
+    assert labelling.retire_superseded_tasks(sessions=sessions, sink=sink, ls_project_id=7) == 1
+    assert sink.removed == [pushed[changed]]
+    assert labelling.retire_superseded_tasks(sessions=sessions, sink=sink, ls_project_id=7) == 0  # once
+    with sessions() as session:
+        assert repo.list_label_tasks(session=session, ls_project_id=7, image_ids=[changed]) == []
+        assert repo.get_image(session=session, image_id=changed).status is ImageStatus.SUPERSEDED
+    report = _push(sessions, sink, k=3)  # a superseded image is never a candidate again
+    assert changed not in report.pushed
+    handlers = LabellingHandlers(
+        sessions=sessions,
+        publish_events=lambda events: None,
+        classes=CLASSES,
+        strategy="entropy",
+        heatmaps_dir=None,
+    )
+    assert handlers.media_path("image", changed) is None
+    assert handlers.media_path("image", ids[2]) is not None
 
 
 def test_only_one_push_per_project_runs_at_a_time(sessions: sessionmaker[Session]) -> None:
