@@ -203,6 +203,7 @@ def _run(photos: int, annotations: int, every_s: float, keep_log: Path | None) -
         "open_tasks_min": int(counts.min()),
         "open_tasks_median": float(np.median(counts)),
         "times_empty": int((counts == 0).sum()),
+        "open_tasks_before_each_submit": [int(c) for c in counts],
         "pushed": pushed,
     }
 

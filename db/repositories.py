@@ -656,6 +656,21 @@ def get_champion(*, session: Session, task: ModelTask) -> ModelVersion | None:
     return session.scalars(stmt).one_or_none()
 
 
+def current_model_key(*, session: Session, hold: bool = False) -> str | None:
+    """The model key of the current champions (``make_model_key``), or None before a binary champion.
+
+    With ``hold``, the champion rows are read FOR SHARE (PostgreSQL; SQLite serialises writers anyway):
+    a promotion waits until this transaction ends, so what it commits was made under these champions
+    and the promotion's re-queue of the predicted pool sees it.
+    """
+    stmt = select(ModelVersion.task, ModelVersion.id).where(ModelVersion.status == ModelStatus.CHAMPION)
+    if hold:
+        stmt = stmt.with_for_update(read=True)
+    champions: dict[ModelTask, int] = {task: version_id for task, version_id in session.execute(stmt)}  # noqa: C416
+    binary = champions.get(ModelTask.BINARY)
+    return None if binary is None else make_model_key(binary, champions.get(ModelTask.MULTICLASS))
+
+
 def list_model_versions(
     *, session: Session, task: ModelTask | None = None, status: ModelStatus | None = None
 ) -> list[ModelVersion]:

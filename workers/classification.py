@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 _WAITING = (ImageStatus.NEW, ImageStatus.QUEUED)
+_CHAMPION_CHANGE_RETRIES = 3
 DEFAULT_POLL_INTERVAL_S = 0.025
 """How often a worker collecting a batch looks for more waiting images (a short read transaction)."""
 
@@ -426,7 +427,13 @@ def classify_images(
             )
             report.collected.extend(image_id for image_id, _, _ in extra)
             batch = [*batch, *extra]
-        _classify_batch(batch, current, sessions, good_class, defect_classes, report)
+        for _ in range(_CHAMPION_CHANGE_RETRIES):
+            if _classify_batch(batch, current, sessions, good_class, defect_classes, report):
+                break
+            current = champions.refresh(sessions)
+            report.model_key = current.model_key
+        else:  # champions changing faster than a batch is predicted: the sweeper re-publishes them
+            logger.warning("images %s left queued: the champions kept changing", [i for i, _, _ in batch])
     return report
 
 
@@ -437,8 +444,10 @@ def _classify_batch(
     good_class: str,
     defect_classes: Sequence[str],
     report: ClassifyReport,
-) -> None:
-    """Classify one batch and commit it in one transaction (compare-and-set first, see step 5)."""
+) -> bool:
+    """Classify one batch and commit it in one transaction (compare-and-set first, see step 5); False,
+    with nothing committed, when the champions changed while it was predicted (the caller runs it again
+    with the new ones: a prediction committed under a former champion would never be re-scored)."""
     assert current.binary is not None
     binary_id = current.binary.version.id
     multi_id = None if current.multiclass is None else current.multiclass.version.id
@@ -446,6 +455,11 @@ def _classify_batch(
     predicted_ids, combined = result.ok, result.combined
     moved: list[int] = []
     with session_scope(sessions) as session:
+        if repo.current_model_key(session=session, hold=True) != current.model_key:
+            logger.info(
+                "the champions changed while images %s were predicted; again with the new ones", predicted_ids
+            )
+            return False
         for row, image_id in enumerate(predicted_ids):
             assert combined is not None
             if not repo.set_image_status(
@@ -495,6 +509,7 @@ def _classify_batch(
         len(batch),
         extra={"image_ids": moved},
     )
+    return True
 
 
 def requeue_waiting_images(

@@ -192,11 +192,7 @@ def choose_candidates(
 
 def current_model_key(session: Session) -> str | None:
     """The model key of the current champions ("b12-m7"), or None before a binary champion exists."""
-    binary = repo.get_champion(session=session, task=ModelTask.BINARY)
-    if binary is None:
-        return None
-    multiclass = repo.get_champion(session=session, task=ModelTask.MULTICLASS)
-    return repo.make_model_key(binary.id, None if multiclass is None else multiclass.id)
+    return repo.current_model_key(session=session)
 
 
 _MODEL_KEY = re.compile(r"b(\d+)-m(\d+|-)")

@@ -343,12 +343,17 @@ def test_add_prediction_refuses_a_label_outside_the_distribution(db_session: Ses
 
 
 def test_first_version_of_a_task_becomes_champion_and_later_ones_are_candidates(db_session: Session) -> None:
+    assert repo.current_model_key(session=db_session) is None
     first = new_model_version(db_session, ModelTask.BINARY)
+    assert (
+        repo.current_model_key(session=db_session, hold=True) == f"b{first.id}-m-"
+    )  # FOR SHARE on PostgreSQL
     second = new_model_version(db_session, ModelTask.BINARY)
     other_task = new_model_version(db_session, ModelTask.MULTICLASS)
     assert first.status is ModelStatus.CHAMPION
     assert second.status is ModelStatus.CANDIDATE
     assert other_task.status is ModelStatus.CHAMPION
+    assert repo.current_model_key(session=db_session, hold=True) == f"b{first.id}-m{other_task.id}"
     champion = repo.get_champion(session=db_session, task=ModelTask.BINARY)
     assert champion is not None
     assert champion.id == first.id

@@ -349,6 +349,39 @@ def test_a_new_champion_is_used_for_later_batches(sessions: sessionmaker[Session
     ]
 
 
+def test_a_batch_predicted_while_the_champion_changed_is_predicted_again_by_the_new_one(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    first = register(sessions, ModelTask.BINARY, 1)
+    second = register(sessions, ModelTask.BINARY, 2)
+    ids = add_images(sessions, tmp_path / "cam", 3)
+    loaded: list[VersionRef] = []
+    plain = fake_loader(loaded)
+
+    def promote_during_the_forward(ref: VersionRef) -> LoadedModel:
+        model = plain(ref)
+        if ref.id == first:
+            predict = model.predictor.predict
+
+            def predict_then_promote(batch: torch.Tensor) -> PredictionOutput:
+                out = predict(batch)
+                with sessions.begin() as session:  # an engineer promotes while the batch is in flight
+                    repo.set_champion(session=session, version_id=second, actor="test", reason="better")
+                    repo.requeue_predicted_images(session=session)
+                return out
+
+            model.predictor.predict = predict_then_promote  # type: ignore[method-assign]
+        return model
+
+    report = classify(sessions, ChampionCache(promote_during_the_forward), ids)
+    # Nothing was committed under the former champion: the new one scored the batch, and the images are
+    # not left predicted by a model nobody will re-score them with.
+    assert predictions(sessions) == [(i, f"b{second}-m-") for i in ids]
+    assert report.model_key == f"b{second}-m-"
+    assert statuses(sessions, ids) == [ImageStatus.PREDICTED] * 3
+    assert [ref.id for ref in loaded] == [first, second]
+
+
 def test_sweep_waits_for_a_champion_then_requeues_new_and_stuck_images(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
