@@ -36,7 +36,7 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.schema import AnnotationOrigin, ImageStatus, LabelTaskStatus, ModelTask, Prediction, utcnow
+from db.schema import AnnotationOrigin, ImageStatus, LabelTaskStatus, Prediction, utcnow
 from db.session import session_scope
 from labelling.errors import PayloadError
 from labelling.names import IMAGE_ID_KEY
