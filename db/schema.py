@@ -486,3 +486,59 @@ class SyncCursor(Base):
     name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     position: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = _updated_at()
+
+
+class DemoRunStatus(StrEnum):
+    """Lifecycle of a `defectloop demo` run."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"  # Ctrl-C: a rerun resumes it
+    FAILED = "failed"
+
+
+class DemoArm(StrEnum):
+    """Which way a demo round chose its labels."""
+
+    ACTIVE = "active"  # the loop: the most informative images, labelled through the recording service
+    RANDOM = "random"  # the control arm: the same budget drawn at random, trained and scored alike
+
+
+class DemoRun(Base):
+    """One `defectloop demo`: its settings, when it ran and how it ended."""
+
+    __tablename__ = "demo_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True, nullable=False)
+    status: Mapped[DemoRunStatus] = mapped_column(
+        _enum(DemoRunStatus, "demo_run_status"), default=DemoRunStatus.RUNNING, nullable=False
+    )
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class DemoRound(Base):
+    """One arm's state after one round of a demo: labels used so far and its models' frozen-set scores.
+
+    ``metrics`` holds what the report plots (``macro_f1``, ``defect_recall``, ``multiclass_macro_f1``,
+    confusion matrices, calibration bins, ...); ``timings`` the seconds each stage of the round took.
+    """
+
+    __tablename__ = "demo_rounds"
+    __table_args__ = (UniqueConstraint("run_id", "round", "arm"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("demo_runs.id"), index=True, nullable=False)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    arm: Mapped[DemoArm] = mapped_column(_enum(DemoArm, "demo_arm"), nullable=False)
+    labels_used: Mapped[int] = mapped_column(Integer, nullable=False)
+    defects_found: Mapped[int] = mapped_column(Integer, nullable=False)
+    binary_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    multiclass_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict, nullable=False)
+    created_at: Mapped[datetime] = _created_at()

@@ -57,7 +57,7 @@ def test_upgrade_creates_the_schema_and_downgrade_removes_it(sqlite_url: str) ->
     try:
         assert current_revision(engine) is None
         upgrade(sqlite_url)
-        assert current_revision(engine) == head_revision() == "0005_image_integrity"
+        assert current_revision(engine) == head_revision() == "0006_demo"
         assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
 
         downgrade(sqlite_url, "base")
@@ -111,7 +111,7 @@ def test_assert_migrated_refuses_an_empty_database_and_says_what_to_run(sqlite_u
         path = sqlite_url.removeprefix("sqlite:///")
         assert str(info.value) == (
             f"database sqlite:///{path} is not migrated (at revision <none>, "
-            "the code needs 0005_image_integrity); run `defectloop db upgrade`"
+            "the code needs 0006_demo); run `defectloop db upgrade`"
         )
         assert isinstance(info.value, RuntimeError)
 
@@ -169,6 +169,7 @@ def test_migration_history_is_one_line_from_0001() -> None:
         "0003_sync_cursors",
         "0004_evaluation_rule",
         "0005_image_integrity",
+        "0006_demo",
     }
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()

@@ -18,6 +18,8 @@ from db.schema import (
     Annotation,
     AnnotationOrigin,
     ComparisonDecision,
+    DemoArm,
+    DemoRunStatus,
     Image,
     ImageStatus,
     LabelTaskStatus,
@@ -907,3 +909,74 @@ def test_a_lease_has_one_holder_until_it_is_released_or_runs_out(db_session: Ses
     assert repo.try_acquire_lease(
         session=db_session, name="push:1", until=until + timedelta(hours=2), now=until + timedelta(minutes=1)
     )
+
+
+# --- demo runs -------------------------------------------------------------------------------------
+
+
+def test_demo_run_rounds_are_recorded_once_per_arm_and_listed_in_order(db_session: Session) -> None:
+    run = repo.create_demo_run(session=db_session, name="demo-test", settings={"rounds": 2, "batch": 10})
+    with pytest.raises(IntegrityViolation, match="exists already"):
+        repo.create_demo_run(session=db_session, name="demo-test", settings={})
+    db_session.rollback()
+    run = repo.create_demo_run(session=db_session, name="demo-test", settings={"rounds": 2, "batch": 10})
+    for round_number, arm, labels, defects in [
+        (1, DemoArm.RANDOM, 10, 2),
+        (0, DemoArm.ACTIVE, 0, 0),
+        (1, DemoArm.ACTIVE, 10, 6),
+    ]:
+        repo.record_demo_round(
+            session=db_session,
+            run_id=run.id,
+            round_number=round_number,
+            arm=arm,
+            labels_used=labels,
+            defects_found=defects,
+            metrics={"macro_f1": 0.5},
+            timings={"train": 1},
+        )
+    rounds = repo.list_demo_rounds(session=db_session, run_id=run.id)
+    assert [(r.round, r.arm) for r in rounds] == [(0, "active"), (1, "active"), (1, "random")]
+    assert rounds[1].timings == {"train": 1.0}
+    assert rounds[1].metrics == {"macro_f1": 0.5}
+    assert [
+        r.round for r in repo.list_demo_rounds(session=db_session, run_id=run.id, arm=DemoArm.RANDOM)
+    ] == [1]
+    with pytest.raises(IntegrityViolation, match="defects_found <= labels_used"):
+        repo.record_demo_round(
+            session=db_session,
+            run_id=run.id,
+            round_number=2,
+            arm=DemoArm.ACTIVE,
+            labels_used=3,
+            defects_found=4,
+            metrics={},
+        )
+    with pytest.raises(IntegrityViolation, match="recorded already"):
+        repo.record_demo_round(
+            session=db_session,
+            run_id=run.id,
+            round_number=1,
+            arm=DemoArm.ACTIVE,
+            labels_used=10,
+            defects_found=6,
+            metrics={},
+        )
+
+
+def test_demo_run_status_moves_and_latest_is_the_last_started(db_session: Session) -> None:
+    first = repo.create_demo_run(session=db_session, name="demo-a", settings={})
+    second = repo.create_demo_run(session=db_session, name="demo-b", settings={})
+    latest = repo.latest_demo_run(session=db_session)
+    assert latest is not None
+    assert latest.id == second.id
+    stopped = repo.set_demo_run_status(
+        session=db_session, run_id=first.id, status=DemoRunStatus.STOPPED, reason="Ctrl-C"
+    )
+    assert stopped.finished_at is not None
+    assert stopped.reason == "Ctrl-C"
+    resumed = repo.set_demo_run_status(session=db_session, run_id=first.id, status=DemoRunStatus.RUNNING)
+    assert resumed.finished_at is None
+    assert resumed.reason is None
+    assert repo.get_demo_run_by_name(session=db_session, name="demo-a") is not None
+    assert repo.get_demo_run_by_name(session=db_session, name="nope") is None
