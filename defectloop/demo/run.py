@@ -386,6 +386,8 @@ class DemoRunner:
             highlight=False,
         )
         previous = signal.signal(signal.SIGTERM, _raise_stop)
+        # Ctrl-C raises KeyboardInterrupt even when started where SIGINT was ignored (a background job).
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         status, reason = DemoRunStatus.FAILED, None
         result = DemoResult(run_name=name, status="running")
         try:
@@ -402,6 +404,7 @@ class DemoRunner:
         finally:
             self._stop_child()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             assert self.sessions is not None
             with session_scope(self.sessions) as session:
                 repo.set_demo_run_status(session=session, run_id=run_id, status=status, reason=reason)
@@ -679,10 +682,32 @@ class DemoRunner:
         with session_scope(sessions) as session:
             waiting = [
                 image.id
-                for status in (ImageStatus.NEW,)
-                for image in repo.list_images_by_status(session=session, status=status)
+                for image in repo.list_images_by_status(session=session, status=ImageStatus.NEW)
                 if image.path.startswith(f"{camera}{os.sep}")
             ]
+            # Predicted while only the first binary champion existed (its multiclass one came moments
+            # later, without a champion *change* that would re-queue the pool): score them again.
+            key = repo.current_model_key(session=session)
+            current = select(Prediction.image_id).where(Prediction.model_key == key)
+            stale = (
+                []
+                if key is None
+                else list(
+                    session.scalars(
+                        select(Image.id).where(
+                            _under(camera), Image.status == ImageStatus.PREDICTED, Image.id.not_in(current)
+                        )
+                    )
+                )
+            )
+            for image_id in stale:
+                repo.set_image_status(
+                    session=session,
+                    image_id=image_id,
+                    status=ImageStatus.QUEUED,
+                    expected=ImageStatus.PREDICTED,
+                )
+            waiting.extend(stale)
         for i in range(0, len(waiting), 64):
             publish_classification(celery_app, waiting[i : i + 64])
         total, _, _ = _predicted_by_current(sessions, camera)
