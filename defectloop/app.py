@@ -88,6 +88,8 @@ def retraining_config(settings: Settings) -> RetrainingConfig:
         image_size=settings.image_size,
         channels=settings.image_channels,
         epochs=settings.train_epochs,
+        batch_size=settings.train_batch_size,
+        patience=settings.train_patience,
         evaluation_fraction=settings.evaluation_fraction,
         auto_promote=settings.auto_promote,
         policy=PromotionPolicy(

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         description="Architectures trained as challengers on every retrain, comma separated.",
     )
     train_epochs: int = Field(default=15, ge=1, le=1000, description="Most epochs of a retrain.")
+    train_batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Mini-batch size of a retrain (few labels train better smaller)."
+    )
+    train_patience: int = Field(
+        default=4, ge=1, le=1000, description="A retrain stops after this many epochs without a better val F1."
+    )
     evaluation_fraction: float = Field(
         default=0.2,
         gt=0.0,

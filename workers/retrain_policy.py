@@ -172,4 +172,5 @@ class RetrainPlan:
     auto_promote: bool
     policy: PromotionPolicy
     batch_size: int = 32
+    patience: int = 4
     threads: int | None = None

@@ -774,6 +774,7 @@ def run_requested_retrain(
             actor=actor,
             epochs=plan.epochs,
             batch_size=plan.batch_size,
+            patience=plan.patience,
             threads=plan.threads,
         )
         comparisons: list[dict[str, Any]] = []

@@ -20,13 +20,28 @@ import numpy.typing as npt
 from torch import nn
 
 from defectloop.demo.metrics import DEFECTIVE, build_metrics
-from models.comparison import DEFAULT_THRESHOLD, stored_threshold, threshold_flag, tune_threshold
+from models.comparison import (
+    DEFAULT_THRESHOLD,
+    Decision,
+    PromotionPolicy,
+    decide_promotion,
+    stored_threshold,
+    threshold_flag,
+    tune_threshold,
+)
 from models.data import ImageDataset, ImageRecord, InputSpec, file_group, group_split, task_labels
 from models.train import TrainConfig, load_checkpoint, predict_dataset, train_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArmModels", "ScoringModel", "load_version", "score_arm", "train_random_arm"]
+__all__ = [
+    "ArmModels",
+    "ScoringModel",
+    "decide_random_promotion",
+    "load_version",
+    "score_arm",
+    "train_random_arm",
+]
 
 VAL_FRACTION = 0.2  # the loop's (train_from_database's default)
 _MIN_PER_CLASS = 2
@@ -124,6 +139,12 @@ def _train_task(
         records, task, good_class=good_class, defect_classes=tuple(defect_classes)
     )
     counts = {c: labels.count(c) for c in set(labels)}
+    rare = {c for c, n in counts.items() if n < _MIN_PER_CLASS}
+    if task == "multiclass" and rare and len(counts) - len(rare) >= 2:
+        # As the loop's retrain: a defect type labelled once is left out until a second one comes.
+        pairs = [(r, y) for r, y in zip(kept, labels, strict=True) if y not in rare]
+        kept, labels = [r for r, _ in pairs], [y for _, y in pairs]
+        counts = {c: n for c, n in counts.items() if c not in rare}
     if len(counts) < 2 or min(counts.values()) < _MIN_PER_CLASS:
         # The loop refuses such a set too (a class needs an image on each side of the split).
         logger.info("random arm: %s not trained, labels per class %s", task, counts)
@@ -163,14 +184,13 @@ def train_random_arm(
     good_class: str,
     defect_classes: Sequence[str],
     threads: int | None = None,
-) -> ArmModels | None:
-    """Train the random arm's binary (and multiclass) model on its labelled photos (path, label) with
-    the active champions' hyper-parameters; None when not even the binary task can be trained."""
+) -> tuple[ScoringModel | None, ScoringModel | None]:
+    """Train the random arm's binary and multiclass models on its labelled photos (path, label) with the
+    active champions' hyper-parameters; a task whose labels cannot be split (a class labelled once, a
+    single class) gives None, as the loop's retrain refuses it."""
     binary = _train_task(
         photos, binary_hyperparameters, good_class=good_class, defect_classes=defect_classes, threads=threads
     )
-    if binary is None:
-        return None
     multiclass = None
     if multiclass_hyperparameters is not None:
         multiclass = _train_task(
@@ -180,4 +200,53 @@ def train_random_arm(
             defect_classes=defect_classes,
             threads=threads,
         )
-    return ArmModels(binary=binary, multiclass=multiclass)
+    return binary, multiclass
+
+
+def _calls(
+    model: ScoringModel, paths: Sequence[Path]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    probs = _predict(model, paths)
+    if DEFECTIVE in model.classes:
+        column = list(model.classes).index(DEFECTIVE)
+        calls = np.where(probs[:, column] >= model.threshold, column, 1 - column).astype(np.int64)
+    else:
+        calls = probs.argmax(axis=1).astype(np.int64)
+    return calls, probs
+
+
+def decide_random_promotion(
+    challenger: ScoringModel,
+    champion: ScoringModel | None,
+    photos: Sequence[tuple[Path, str]],
+    *,
+    good_class: str,
+    policy: PromotionPolicy,
+) -> Decision:
+    """The loop's promotion rule for the random arm: its new model against its champion on the loop's
+    frozen evaluation set (the photos the active arm's challengers are compared on), binary at each
+    model's own threshold, multiclass on the typed defects; the first model of a task is promoted."""
+    binary = DEFECTIVE in challenger.classes
+    if binary:
+        rows = [(p, 0 if label == good_class else 1) for p, label in photos]
+    else:
+        rows = [(p, challenger.classes.index(label)) for p, label in photos if label in challenger.classes]
+    if not rows:
+        return Decision(
+            promote=champion is None, reason="no image of the evaluation set to compare on", numbers={}
+        )
+    paths = [p for p, _ in rows]
+    y = [label for _, label in rows]
+    calls, probs = _calls(challenger, paths)
+    champion_calls = champion_probs = None
+    if champion is not None:
+        champion_calls, champion_probs = _calls(champion, paths)
+    return decide_promotion(
+        y_true=y,
+        challenger_pred=calls,
+        champion_pred=champion_calls,
+        class_names=challenger.classes,
+        policy=policy,
+        challenger_probs=probs,
+        champion_probs=champion_probs,
+    )

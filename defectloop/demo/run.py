@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -72,6 +72,9 @@ from defectloop.demo.plan import (
 )
 from defectloop.errors import DefectloopError
 from defectloop.settings import Settings
+
+if TYPE_CHECKING:
+    from defectloop.demo.control import ScoringModel
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +275,10 @@ class DemoRunner:
         self.up_args = tuple(up_args)
         self.child: subprocess.Popen[bytes] | None = None
         self.sessions: sessionmaker[Session] | None = None
+        # The random arm's champions (in memory: it writes nothing to the loop's tables) and the round
+        # whose labels each was trained on (a resumed run trains it again from those).
+        self.random_champions: dict[str, ScoringModel | None] | None = None
+        self.random_rounds: dict[str, int] = {}
 
     # -- set-up
 
@@ -522,6 +529,7 @@ class DemoRunner:
             )
             seed_names = seed_draw(pool_names, size=targets[0], seed=options.seed)
             test = [(p.source, p.label) for p in sorted(photos.of_role("test"), key=lambda p: p.key)]
+            compare = [(p.source, p.label) for p in sorted(photos.of_role("compare"), key=lambda p: p.key)]
             annotator = self._annotator(settings, truth_by_id)
 
             with session_scope(sessions) as session:
@@ -554,6 +562,10 @@ class DemoRunner:
                     truth_by_id=truth_by_id,
                     annotator=annotator,
                     test=test,
+                    compare=compare,
+                    random_names_at=lambda r: random_draws(
+                        pool_names, seed_set=seed_names, total=targets[r], seed=options.seed
+                    ),
                 )
                 result.rounds.append(summary)
                 progress.console.print(_round_line(summary), highlight=False)
@@ -742,6 +754,8 @@ class DemoRunner:
         truth_by_id: Mapping[int, str],
         annotator: Annotator,
         test: Sequence[tuple[Path, str]],
+        compare: Sequence[tuple[Path, str]],
+        random_names_at: Callable[[int], list[str]],
     ) -> dict[str, Any]:
         from workers.labelling import record_simulated_annotations
 
@@ -796,30 +810,27 @@ class DemoRunner:
         random_photos = [(camera / n, truth_by_name[n]) for n in random_names]
         random_timings = dict.fromkeys(STAGES, 0.0)
         if round_number == 0:
-            random_metrics = dict(active_metrics)  # the same labels and the same first champions
-            random_metrics.pop("loop", None)
+            # The same labels as the active arm, hence the same first champions.
+            self.random_champions = {"binary": active_models.binary, "multiclass": active_models.multiclass}
+            self.random_rounds = {"binary": 0, "multiclass": 0}
+            random_metrics = {k: v for k, v in active_metrics.items() if k != "loop"}
+            random_metrics["champion_rounds"] = dict(self.random_rounds)
         else:
-            from defectloop.demo.control import train_random_arm
-
-            started = time.perf_counter()
-            with stages.stage("train", f"round {round_number}: the random arm ({len(random_photos)} labels)"):
-                models = train_random_arm(
-                    random_photos,
-                    binary_hyperparameters=binary_row["hyperparameters"],
-                    multiclass_hyperparameters=None
-                    if multiclass_row is None
-                    else multiclass_row["hyperparameters"],
-                    good_class=good,
-                    defect_classes=settings.defect_classes,
-                )
-            random_timings["train"] = time.perf_counter() - started
-            started = time.perf_counter()
-            if models is None:
-                raise DefectloopError(
-                    "the random arm's labels hold too few of a class to train a binary model"
-                )
-            random_metrics = score_arm(models, test, classes=settings.classes)
-            random_timings["compare"] = time.perf_counter() - started
+            random_metrics = self._random_round(
+                round_number,
+                run_id=run_id,
+                settings=settings,
+                random_photos=random_photos,
+                photos_at=lambda r: [(camera / n, truth_by_name[n]) for n in random_names_at(r)],
+                hyper=(
+                    binary_row["hyperparameters"],
+                    None if multiclass_row is None else multiclass_row["hyperparameters"],
+                ),
+                compare=compare,
+                test=test,
+                stages=stages,
+                timings=random_timings,
+            )
         active_defects = sum(1 for label in active_labels.values() if label != good)
         random_defects = sum(1 for _, label in random_photos if label != good)
         with session_scope(sessions) as session:
@@ -844,8 +855,6 @@ class DemoRunner:
                 defects_found=random_defects,
                 metrics=random_metrics,
                 timings=random_timings if round_number else active_timings,
-                binary_version=binary_row["name"],
-                multiclass_version=None if multiclass_row is None else multiclass_row["name"],
             )
         return {
             "round": round_number,
@@ -866,6 +875,114 @@ class DemoRunner:
             "random_timings": random_timings,
             "promoted": [c.get("promoted") for c in retrain.get("comparisons", []) if c.get("promoted")],
         }
+
+    def _random_round(
+        self,
+        round_number: int,
+        *,
+        run_id: int,
+        settings: Settings,
+        random_photos: Sequence[tuple[Path, str]],
+        photos_at: Callable[[int], list[tuple[Path, str]]],
+        hyper: tuple[Mapping[str, Any], Mapping[str, Any] | None],
+        compare: Sequence[tuple[Path, str]],
+        test: Sequence[tuple[Path, str]],
+        stages: _Stages,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        """The random arm's round: train on its labels as the loop would, promote by the loop's rule on
+        the loop's frozen evaluation set, and score its champions on the test set."""
+        from defectloop.app import retraining_config
+        from defectloop.demo.control import ArmModels, decide_random_promotion, score_arm, train_random_arm
+
+        good = settings.good_class
+        if self.random_champions is None:
+            self._restore_random_champions(run_id, round_number, settings, photos_at, hyper)
+        assert self.random_champions is not None
+        started = time.perf_counter()
+        with stages.stage("train", f"round {round_number}: the random arm ({len(random_photos)} labels)"):
+            trained = train_random_arm(
+                random_photos,
+                binary_hyperparameters=hyper[0],
+                multiclass_hyperparameters=hyper[1],
+                good_class=good,
+                defect_classes=settings.defect_classes,
+            )
+        timings["train"] = time.perf_counter() - started
+        started = time.perf_counter()
+        policy = retraining_config(settings).plan.policy
+        decisions = {}
+        for task, challenger in zip(("binary", "multiclass"), trained, strict=True):
+            if challenger is None:
+                decisions[task] = "keep: not trained (a class with too few labels)"
+                continue
+            champion = self.random_champions.get(task)
+            decision = decide_random_promotion(challenger, champion, compare, good_class=good, policy=policy)
+            decisions[task] = decision.reason
+            if decision.promote:
+                self.random_champions[task] = challenger
+                self.random_rounds[task] = round_number
+        binary = self.random_champions.get("binary")
+        if binary is None:
+            raise DefectloopError("the random arm has no binary model: its labels hold a single class")
+        metrics = score_arm(
+            ArmModels(binary=binary, multiclass=self.random_champions.get("multiclass")),
+            test,
+            classes=settings.classes,
+        )
+        timings["compare"] = time.perf_counter() - started
+        metrics["champion_rounds"] = dict(self.random_rounds)
+        metrics["decisions"] = decisions
+        return metrics
+
+    def _restore_random_champions(
+        self,
+        run_id: int,
+        round_number: int,
+        settings: Settings,
+        photos_at: Callable[[int], list[tuple[Path, str]]],
+        hyper: tuple[Mapping[str, Any], Mapping[str, Any] | None],
+    ) -> None:
+        """A resumed run: the random arm's champions trained again on the labels of the round each was
+        made in (training is seeded: the same labels give the same model), or round 0's shared ones."""
+        from defectloop.demo.control import load_version, train_random_arm
+
+        assert self.sessions is not None
+        with session_scope(self.sessions) as session:
+            rows = repo.list_demo_rounds(session=session, run_id=run_id, arm=DemoArm.RANDOM)
+            previous = [r for r in rows if r.round < round_number]
+            rounds = dict(previous[-1].metrics.get("champion_rounds") or {}) if previous else {}
+            first = [
+                r
+                for r in repo.list_demo_rounds(session=session, run_id=run_id, arm=DemoArm.ACTIVE)
+                if r.round == 0
+            ]
+            first_models: dict[str, ScoringModel | None] = {"binary": None, "multiclass": None}
+            if first:
+                for task, name in (
+                    ("binary", first[0].binary_version),
+                    ("multiclass", first[0].multiclass_version),
+                ):
+                    if name is not None:
+                        first_models[task] = load_version(
+                            repo.get_model_version_by_name(session=session, name=name)
+                        )
+        champions: dict[str, ScoringModel | None] = {}
+        for task in ("binary", "multiclass"):
+            made_in = int(rounds.get(task, 0))
+            if made_in == 0:
+                champions[task] = first_models[task]
+                continue
+            trained = train_random_arm(
+                photos_at(made_in),
+                binary_hyperparameters=hyper[0],
+                multiclass_hyperparameters=hyper[1],
+                good_class=settings.good_class,
+                defect_classes=settings.defect_classes,
+            )
+            champions[task] = trained[0] if task == "binary" else trained[1]
+        self.random_champions = champions
+        self.random_rounds = {task: int(rounds.get(task, 0)) for task in ("binary", "multiclass")}
 
     def _champions(self) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
         from defectloop.demo.control import ArmModels, load_version

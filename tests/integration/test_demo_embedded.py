@@ -8,6 +8,7 @@ Small on purpose (60 tiny photos, 1 epoch): the numbers do not matter, the bookk
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from db import repositories as repo
 from db.schema import (
@@ -78,11 +80,9 @@ def test_demo_runs_the_loop_against_the_random_arm_stops_on_ctrl_c_and_resumes(t
                 time.sleep(1.0)  # the demo migrates it first
                 sessions = make_session_factory(create_engine_for(f"sqlite:///{database}"))
             if sessions is not None:
-                try:
+                with contextlib.suppress(OperationalError):  # the schema is being created
                     if 0 in _rounds(sessions, DemoArm.RANDOM):
                         break
-                except Exception:  # the schema is being created
-                    pass
             time.sleep(0.5)
         assert first.poll() is None, (tmp_path / "first.log").read_text()
         assert sessions is not None
@@ -130,8 +130,9 @@ def test_demo_runs_the_loop_against_the_random_arm_stops_on_ctrl_c_and_resumes(t
                 assert set(row.metrics["calibration"]) == {"bin_edges", "confidence", "accuracy", "count"}
                 assert row.metrics["confusion"]["binary"]["classes"] == ["ok", "defective"]
                 assert row.binary_version is not None
-        assert [r.labels_used for r in by_arm[DemoArm.ACTIVE]] == [r.labels_used for r in by_arm[DemoArm.RANDOM]]
-        assert set(by_arm[DemoArm.ACTIVE][1].timings) >= {"rank", "label", "train", "compare", "rescore"}
+        active, random = by_arm[DemoArm.ACTIVE], by_arm[DemoArm.RANDOM]
+        assert [r.labels_used for r in active] == [r.labels_used for r in random]
+        assert set(active[1].timings) >= {"rank", "label", "train", "compare", "rescore"}
 
         # Every photo of the camera is in the database once, and predicted by the current champions
         # (or labelled).
@@ -154,7 +155,7 @@ def test_demo_runs_the_loop_against_the_random_arm_stops_on_ctrl_c_and_resumes(t
         annotations = list(session.scalars(select(Annotation)))
         assert {a.origin for a in annotations} <= {AnnotationOrigin.SIMULATED, AnnotationOrigin.IMPORT}
         simulated = [a for a in annotations if a.origin is AnnotationOrigin.SIMULATED]
-        assert len(simulated) == len({a.image_id for a in simulated}) == by_arm[DemoArm.ACTIVE][-1].labels_used
+        assert len(simulated) == len({a.image_id for a in simulated}) == active[-1].labels_used
         camera_ids = {i.id for i in images}
         assert {a.image_id for a in simulated} <= camera_ids
         imported = {a.image_id for a in annotations if a.origin is AnnotationOrigin.IMPORT}
