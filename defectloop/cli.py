@@ -1331,23 +1331,20 @@ def labelling_serve_dev(
 # --- the main job: the whole loop against a random control arm -------------------------------------
 
 
-def _demo_defaults() -> Any:
-    from defectloop.demo.plan import DEFAULT_OPTIONS
-
-    return DEFAULT_OPTIONS
+from defectloop.demo.plan import DEFAULT_OPTIONS as _DEMO  # noqa: E402  (pure: no torch)
 
 
 @app.command()
 def demo(
     ctx: typer.Context,
-    rounds: Annotated[int, typer.Option(min=1, help="Labelling rounds after the seed round.")] = 5,
-    batch: Annotated[int, typer.Option(min=1, help="Labels per round (each arm).")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, help="Labelling rounds after the seed round.")] = _DEMO.rounds,
+    batch: Annotated[int, typer.Option(min=1, help="Labels per round (each arm).")] = _DEMO.batch,
     seed_labels: Annotated[
         int, typer.Option(min=2, help="Round 0: labels drawn at random, shared by both arms.")
-    ] = 30,
+    ] = _DEMO.seed_labels,
     n: Annotated[
         int, typer.Option("--n", min=12, help="Photos in all: camera pool, frozen evaluation and test sets.")
-    ] = 600,
+    ] = _DEMO.n_images,
     dataset: Annotated[
         Path | None,
         typer.Option(
@@ -1358,18 +1355,22 @@ def demo(
         list[str] | None,
         typer.Option(help="FOLDER=LABEL for --dataset folders not named after a class (repeatable)."),
     ] = None,
-    image_size: Annotated[int, typer.Option(min=16, max=1024, help="Model input size in pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs of each training.")] = 8,
+    image_size: Annotated[
+        int, typer.Option(min=16, max=1024, help="Model input size in pixels.")
+    ] = _DEMO.image_size,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs of each training.")] = _DEMO.epochs,
     arch: Annotated[
         list[str] | None,
         typer.Option(
             help="Architecture(s) the loop retrains each round (repeatable).", show_default="improved_cnn"
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the photos, the split and the random draws.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the photos, the split and the random draws.")
+    ] = _DEMO.seed,
     feed_seconds: Annotated[
         float, typer.Option(min=0.0, help="The camera folder is fed over this many seconds.")
-    ] = 15.0,
+    ] = _DEMO.feed_seconds,
     fresh: Annotated[
         bool, typer.Option(help="Start over: remove the demo's database, models and photos first.")
     ] = False,
@@ -1385,7 +1386,7 @@ def demo(
     from defectloop.settings import ARCHITECTURE_NAMES
 
     settings = _settings(ctx)
-    architectures = tuple(arch or _demo_defaults().architectures)
+    architectures = tuple(arch or _DEMO.architectures)
     bad = [a for a in architectures if a not in ARCHITECTURE_NAMES]
     if bad:
         raise typer.BadParameter(
@@ -1400,6 +1401,8 @@ def demo(
             image_size=image_size,
             channels=settings.image_channels,
             epochs=epochs,
+            train_batch_size=_DEMO.train_batch_size,
+            patience=_DEMO.patience,
             architectures=architectures,
             dataset=None if dataset is None else str(dataset.expanduser().resolve()),
             class_map=_parse_class_map(class_map),

@@ -34,19 +34,22 @@ class DemoOptions:
     it was started. Defaults: sized to finish within ``TIME_BUDGET_S`` on 2 cores and to show learning."""
 
     rounds: int = 5
-    batch: int = 20
-    seed_labels: int = 30
-    n_images: int = 600
+    batch: int = 25
+    seed_labels: int = 40
+    n_images: int = 800
     image_size: int = 64
     channels: int = 3
-    epochs: int = 8
+    epochs: int = 20
+    train_batch_size: int = 8
+    """Few labels train better in small batches (more steps per epoch)."""
+    patience: int = 8
     architectures: tuple[str, ...] = ("improved_cnn",)
     dataset: str | None = None
     class_map: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     test_fraction: float = 0.25
     """Share of the photos in the frozen test set: scored for both arms every round, never in the loop."""
-    compare_fraction: float = 0.15
+    compare_fraction: float = 0.2
     """Share of the photos given to the loop as its frozen evaluation set (champion vs challengers)."""
     feed_seconds: float = 15.0
     """The camera folder is fed over this long."""
@@ -54,7 +57,7 @@ class DemoOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "architectures", tuple(self.architectures))
         object.__setattr__(self, "class_map", dict(self.class_map))
-        for name in ("rounds", "seed_labels", "n_images", "epochs"):
+        for name in ("rounds", "seed_labels", "n_images", "epochs", "train_batch_size", "patience"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise ValueError(
                     f"{name} must be >= {0 if name == 'rounds' else 1}, got {getattr(self, name)}"
