@@ -118,10 +118,11 @@ def main() -> int:
     stage_text = ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
     load = machine.get("load_average_at_start") or []
     write_docs_row(
-        "demo: `defectloop demo` defaults (synthetic garments, improved_cnn 64 px, seed + rounds, random arm)",
+        "demo: `defectloop demo` defaults (synthetic garments, improved_cnn 64 px, 5 rounds, random arm)",
         f"total {total_s / 60:.1f} min (target <= 10 min: {'met' if total_s <= 600 else 'NOT met'}; "
         f"load average {load[0] if load else '?'} at start, {load_end[0] if load_end else '?'} at end); "
-        f"stages (s, summed over rounds): {stage_text}; random arm training {random_stages['train']:.0f} s; "
+        f"stages (s, summed over rounds): {stage_text}; random arm training "
+        f"{random_stages['train']:.0f} s; "
         "champion "
         f"macro-F1 by round: active {curve}, random {random_curve} at {active['labels']} labels each; "
         f"defects found {active['defects_found']} vs {random['defects_found']}",

@@ -159,10 +159,13 @@ class Settings(BaseSettings):
     )
     train_epochs: int = Field(default=15, ge=1, le=1000, description="Most epochs of a retrain.")
     train_batch_size: int = Field(
-        default=32, ge=1, le=4096, description="Mini-batch size of a retrain (few labels train better smaller)."
+        default=32,
+        ge=1,
+        le=4096,
+        description="Mini-batch size of a retrain (few labels: smaller trains better).",
     )
     train_patience: int = Field(
-        default=4, ge=1, le=1000, description="A retrain stops after this many epochs without a better val F1."
+        default=4, ge=1, le=1000, description="A retrain stops after this many epochs without a better F1."
     )
     evaluation_fraction: float = Field(
         default=0.2,
