@@ -1414,6 +1414,8 @@ def demo(
     if settings.log_level != "DEBUG":
         # The bars and the round lines tell the story; the processes' own logs go to up.log.
         logging.getLogger().setLevel(logging.WARNING)
+        # The random arm trains in this process; what its trainer warns about is in its round's numbers.
+        logging.getLogger("models").setLevel(logging.ERROR)
     result = run_demo(settings=settings, options=options, console=console, fresh=fresh, out=out)
     if result.status != "finished":
         console.print(f"demo run {result.run_name} {result.status}; `defectloop demo` resumes it")

@@ -172,36 +172,35 @@ def next_round(recorded: Mapping[str, Collection[int]], rounds: int) -> int:
     return rounds + 1
 
 
-# Seconds on a loaded 2-core machine, measured with improved_cnn at 64 px (benchmarks/bench_demo.py).
-_START_S = 45.0  # processes start and import torch; the first champions are loaded
-_PER_PHOTO_S = 0.06  # ingest + one prediction per photo (and the frozen sets' import and scoring)
-_PER_LABEL_EPOCH_S = 0.012  # training cost per labelled image per epoch at 64 px, one architecture
-_PER_ROUND_S = 12.0  # the round's fixed cost: retrain request, comparison, re-scoring, saving
+# Seconds on a 2-core machine, from benchmarks/bench_demo.py (improved_cnn at 64 px, batches of 8), about
+# doubled for a machine other jobs share: a warning should not come too late.
+_START_S = 45.0  # the processes start and import torch; the first champions are loaded
+_PER_PHOTO_S = 0.03  # a photo's ingestion, its first prediction, its import or its scoring
+_PER_LABEL_EPOCH_S = 0.012  # an epoch over one label, binary and multiclass, one architecture, 64 px
+_PER_RESCORE_S = 0.01  # a pool photo scored again after a promotion
+_PER_ROUND_S = 8.0  # a round's fixed cost: retrain request, comparison, scoring, records
 
 
 def estimate_seconds(options: DemoOptions) -> float:
     """A rough duration of the whole demo on a 2-core machine, to warn before a long run."""
-    pool = options.n_images * (1.0 - options.test_fraction - options.compare_fraction)
+    pool = int(options.n_images * (1.0 - options.test_fraction - options.compare_fraction))
     targets = label_targets(
-        seed_labels=options.seed_labels, batch=options.batch, rounds=options.rounds, pool_size=int(pool)
+        seed_labels=options.seed_labels, batch=options.batch, rounds=options.rounds, pool_size=pool
     )
-    scale = (options.image_size / 64.0) ** 2 * len(options.architectures)
-    # Each round trains the active arm's architectures and the random arm's one, binary + multiclass
-    # (multiclass on the defects only: about a third more).
-    training = sum(t * options.epochs * _PER_LABEL_EPOCH_S * 1.33 for t in targets) * (scale + 1.0)
-    rescoring = options.rounds * pool * _PER_PHOTO_S * 0.5 * (options.image_size / 64.0) ** 2
+    pixels = (options.image_size / 64.0) ** 2
+    per_label = options.epochs * _PER_LABEL_EPOCH_S * pixels
+    # Round 0 trains the loop's architectures; every later round those and the random arm's one.
+    arches = len(options.architectures)
+    training = targets[0] * per_label * arches + sum(targets[1:]) * per_label * (arches + 1)
     return (
         _START_S
-        + options.n_images * _PER_PHOTO_S
+        + options.feed_seconds
+        + options.n_images * _PER_PHOTO_S * pixels
         + training
-        + rescoring
+        + options.rounds * pool * _PER_RESCORE_S * pixels
         + (options.rounds + 1) * _PER_ROUND_S
     )
 
 
 def round_up_minutes(seconds: float) -> int:
     return max(1, math.ceil(seconds / 60.0))
-
-
-def sequence_text(values: Sequence[float]) -> str:
-    return " -> ".join(f"{v:.3f}" for v in values)
