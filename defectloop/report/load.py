@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db import repositories as repo
-from db.schema import ComparisonDecision, DemoRound, DemoRun, ModelStatus, ModelTask, ModelVersion
+from db.schema import DemoRound, DemoRun, ModelStatus, ModelTask, ModelVersion
 from defectloop.errors import DefectloopError
 from defectloop.report.data import (
     Calibration,
@@ -192,8 +192,6 @@ def _history(session: Session, names: Mapping[int, str]) -> tuple[tuple[HistoryE
         action = str(comparison.decision.value)
         if promotion is not None and promotion.action.value != action:
             action = f"{action} ({promotion.action.value})"
-        elif comparison.decision is ComparisonDecision.PROMOTE and promotion is None:
-            action = "promote (not applied)"
         entries.append(
             HistoryEntry(
                 when=comparison.created_at,

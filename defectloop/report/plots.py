@@ -174,5 +174,11 @@ def timings_svg(rounds: Sequence[RoundPoint]) -> bytes | None:
         ax.invert_yaxis()
         ax.set_xlabel("seconds")
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(loc="lower right", ncols=min(len(stages), 7), fontsize=7, frameon=False)
+        ax.legend(
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncols=min(len(stages), 8),
+            fontsize=7,
+            frameon=False,
+        )
         return _svg(fig)

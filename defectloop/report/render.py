@@ -8,6 +8,7 @@ number is shown as "n/a"; every section without data says why instead of disappe
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,7 +65,7 @@ def fmt_signed(value: float | None, digits: int = 3) -> str:
 
 
 def fmt_time(value: datetime | None) -> str:
-    return NA if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return NA if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def headline_verdict(rounds: Sequence[RoundPoint], *, margin: float = TIE_MARGIN) -> Verdict:
@@ -129,13 +130,19 @@ def plot_img(svg: bytes | None, alt: str, name: str, missing: str) -> str:
     )
 
 
+_NUMBER = re.compile(r"^[+\u2212-]?\d[\d.,]*%?$|^n/a$")
+
+
+def _cell(cell: str, raw: bool) -> str:
+    # Numbers line up on the right, words on the left.
+    kind = ' class="num"' if _NUMBER.match(cell) else ""
+    return f"<td{kind}>{cell if raw else escape(cell)}</td>"
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, name: str, raw: bool = False) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then they are HTML already)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{cell if raw else escape(cell)}</td>" for cell in row) + "</tr>"
-        for row in rows
-    )
+    body = "".join("<tr>" + "".join(_cell(cell, raw) for cell in row) + "</tr>" for row in rows)
     return f'<table data-table="{escape(name)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -352,7 +359,7 @@ def confusion_section(data: ReportData) -> str:
         return '<p class="note">The active arm recorded no round: no confusion matrix.</p>'
     models = ", ".join(v for v in (latest.binary_version, latest.multiclass_version) if v) or NA
     parts = [
-        f'<p class="lead">The active arm\'s champions after round {latest.round} ({escape(models)}), '
+        f'<p class="lead">The active arm\'s models after round {latest.round} ({escape(models)}), '
         "on the frozen evaluation set.</p>",
         '<div class="pair">',
     ]
@@ -528,10 +535,11 @@ h2 { margin: 0 0 8px; font-size: 18px; } h3 { margin: 14px 0 6px; font-size: 15p
 .fact, .lead { margin: 4px 0; color: var(--ink); } .note { color: var(--muted); font-style: italic; }
 .muted { color: var(--muted); } .small { font-size: 11px; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 12px; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: right; vertical-align: top; }
-th { background: #eef1f4; } td:first-child, th:first-child { text-align: left; }
-table[data-table="history"] td, table[data-table="settings"] td { text-align: left; }
-.reason { display: inline-block; max-width: 420px; font-size: 11px; color: var(--muted); }
+th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #eef1f4; } td.num { text-align: right; }
+table[data-table="history"] td:first-child { white-space: nowrap; }
+table[data-table="history"] td:last-child { min-width: 280px; }
+.reason { font-size: 11px; color: var(--muted); }
 .action { font-weight: 600; } .action.promote { color: #2e8540; } .action.keep { color: #8a6d00; }
 .action.reject, .action.rollback { color: #c0392b; }
 figure.plot { margin: 8px 0; } img.plot { max-width: 100%; height: auto; }
@@ -564,7 +572,7 @@ def render_report(data: ReportData) -> str:
     }
     nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title in SECTIONS)
     sections = "".join(_section(key, title, bodies[key]) for key, title in SECTIONS)
-    subtitle = f"generated {fmt_time(data.generated_at)}" + (
+    subtitle = f"generated {fmt_time(data.generated_at)} UTC" + (
         f" from {data.database}" if data.database else ""
     )
     return (
