@@ -923,7 +923,7 @@ def list_predictions_by_confidence(
     excluded = sorted({int(i) for i in exclude_image_ids})
     if excluded:
         stmt = stmt.where(Prediction.image_id.not_in(excluded))
-    return [(prediction, image) for prediction, image in session.execute(stmt).tuples()]
+    return [(row[0], row[1]) for row in session.execute(stmt)]
 
 
 def current_label(*, session: Session, image_id: int) -> str | None:
