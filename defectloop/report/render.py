@@ -143,7 +143,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, name: str, r
     """An HTML table; cells are escaped unless ``raw`` (then they are HTML already)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(_cell(cell, raw) for cell in row) + "</tr>" for row in rows)
-    return f'<table data-table="{escape(name)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (
+        f'<div class="scroll"><table data-table="{escape(name)}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _section(key: str, title: str, body: str) -> str:
@@ -230,32 +233,51 @@ def _pct(value: float | None) -> str:
     return NA if value is None else f"{100 * value:.0f}%"
 
 
-def _history_rows(history: Sequence[HistoryEntry]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = []
+HISTORY_HEADERS = (
+    "when (UTC)",
+    "task",
+    "decision",
+    "champion \u2192 challenger",
+    "macro-F1 champion",
+    "macro-F1 challenger",
+    "gain",
+    "bootstrap CI",
+    "McNemar p",
+    "eval images",
+    "by",
+)
+
+
+def history_table(history: Sequence[HistoryEntry]) -> str:
+    """The champion history: one row of numbers per comparison or action, its reason in a row below."""
+    rows = []
     for e in history:
-        ci = (
-            NA
-            if e.ci_low is None or e.ci_high is None
-            else f"[{fmt_signed(e.ci_low)}, {fmt_signed(e.ci_high)}]"
+        ci = NA
+        if e.ci_low is not None and e.ci_high is not None:
+            ci = f"[{fmt_signed(e.ci_low)}, {fmt_signed(e.ci_high)}]"
+        numbers = (
+            fmt(e.champion_macro_f1),
+            fmt(e.challenger_macro_f1),
+            fmt_signed(e.gain),
+            ci,
+            fmt(e.p_value, 4),
+            NA if e.n_eval is None else str(e.n_eval),
         )
-        rows.append(
-            (
-                escape(fmt_time(e.when)),
-                escape(e.task),
-                f'<span class="action {escape(e.action.split()[0])}">{escape(e.action)}</span>',
-                escape(e.champion or "(none)"),
-                escape(e.challenger),
-                escape(fmt(e.champion_macro_f1)),
-                escape(fmt(e.challenger_macro_f1)),
-                escape(fmt_signed(e.gain)),
-                escape(ci),
-                escape(fmt(e.p_value, 4)),
-                escape(NA if e.n_eval is None else str(e.n_eval)),
-                escape(e.actor or NA),
-                f'<span class="reason">{escape(e.reason)}</span>',
-            )
-        )
-    return rows
+        cells = [
+            f"<td>{escape(NA if e.when is None else e.when.strftime('%Y-%m-%d %H:%M'))}</td>",
+            f"<td>{escape(e.task)}</td>",
+            f'<td><span class="action {escape(e.action.split()[0])}">{escape(e.action)}</span></td>',
+            f"<td>{escape(e.champion or '(none)')} \u2192 {escape(e.challenger)}</td>",
+            *(f'<td class="num">{escape(n)}</td>' for n in numbers),
+            f"<td>{escape(e.actor or NA)}</td>",
+        ]
+        rows.append(f'<tr class="entry">{"".join(cells)}</tr>')
+        rows.append(f'<tr class="why"><td colspan="{len(HISTORY_HEADERS)}">{escape(e.reason)}</td></tr>')
+    head = "".join(f"<th>{escape(h)}</th>" for h in HISTORY_HEADERS)
+    return (
+        f'<div class="scroll"><table data-table="history"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def champions_section(data: ReportData) -> str:
@@ -294,29 +316,7 @@ def champions_section(data: ReportData) -> str:
             if left_out > 0
             else ""
         )
-        history = (
-            table(
-                (
-                    "when",
-                    "task",
-                    "decision",
-                    "champion",
-                    "challenger",
-                    "champion macro-F1",
-                    "challenger macro-F1",
-                    "gain",
-                    "bootstrap CI",
-                    "McNemar p",
-                    "eval images",
-                    "by",
-                    "reason",
-                ),
-                _history_rows(data.history),
-                name="history",
-                raw=True,
-            )
-            + more
-        )
+        history = history_table(data.history) + more
     else:
         history = '<p class="note">No comparison or promotion recorded yet.</p>'
     return f"<h3>Current champions</h3>{current}<h3>History: comparisons and promotions</h3>{history}"
@@ -523,7 +523,7 @@ header { background: #1d232a; color: #fff; padding: 18px 32px; }
 header h1 { margin: 0; font-size: 22px; } header p { margin: 4px 0 0; color: #c5ccd3; font-size: 12px; }
 nav { padding: 8px 32px; background: #fff; border-bottom: 1px solid var(--line); font-size: 13px; }
 nav a { margin-right: 14px; color: var(--blue); text-decoration: none; }
-main { max-width: 1240px; margin: 0 auto; padding: 8px 32px 40px; }
+main { max-width: 1320px; margin: 0 auto; padding: 8px 32px 40px; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 14px 20px;
           margin: 16px 0; }
 h2 { margin: 0 0 8px; font-size: 18px; } h3 { margin: 14px 0 6px; font-size: 15px; }
@@ -537,9 +537,12 @@ h2 { margin: 0 0 8px; font-size: 18px; } h3 { margin: 14px 0 6px; font-size: 15p
 table { border-collapse: collapse; margin: 8px 0; font-size: 12px; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #eef1f4; } td.num { text-align: right; }
-table[data-table="history"] td:first-child { white-space: nowrap; }
-table[data-table="history"] td:last-child { min-width: 280px; }
-.reason { font-size: 11px; color: var(--muted); }
+table[data-table="history"] tr.entry td { border-bottom: none; }
+table[data-table="history"] tr.entry td:first-child, table[data-table="history"] td.num,
+table[data-table="history"] tr.entry td:nth-child(3) { white-space: nowrap; }
+table[data-table="history"] tr.why td { border-top: none; padding: 0 7px 5px 24px; font-size: 11px;
+  color: var(--muted); }
+.scroll { overflow-x: auto; max-width: 100%; }
 .action { font-weight: 600; } .action.promote { color: #2e8540; } .action.keep { color: #8a6d00; }
 .action.reject, .action.rollback { color: #c0392b; }
 figure.plot { margin: 8px 0; } img.plot { max-width: 100%; height: auto; }
