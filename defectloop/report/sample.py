@@ -61,8 +61,12 @@ def _metrics(rng: np.random.Generator, f1: float, recall: float, n_eval: int) ->
     types = list(DEFAULT_CLASSES[1:])
     per_type = 12
     right = min(per_type, round(per_type * (0.4 + 0.5 * f1)))
+    # The misses go to the next defect type: a confusion matrix with something off its diagonal.
     multiclass = [
-        [right if i == j else (per_type - right) // (len(types) - 1) for j in range(len(types))]
+        [
+            right if i == j else (per_type - right if j == (i + 1) % len(types) else 0)
+            for j in range(len(types))
+        ]
         for i in range(len(types))
     ]
     return {

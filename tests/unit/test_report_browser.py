@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from defectloop.report import write_report
 from defectloop.report.render import SECTIONS
@@ -38,6 +39,15 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_report(settings=settings, out=root / "report.html")
 
 
+def _readme_copy(full_page: Path, out: Path) -> None:
+    """The top of the page (verdict, learning curves) at 80%, in a small palette: docs/images/report.png."""
+    with Image.open(full_page) as shot:
+        top = shot.convert("RGB").crop((0, 0, 1366, 1000)).resize((1093, 800), Image.Resampling.LANCZOS)
+    top.quantize(colors=160, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        out, optimize=True
+    )
+
+
 def _open(page: Any, path: Path) -> list[str]:
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
@@ -53,6 +63,7 @@ def test_every_section_plot_and_table_shows_and_every_image_decodes(
     requests = _open(page, report_file)
     page.screenshot(path=str(artifacts / "report-top.png"))
     page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+    _readme_copy(artifacts / "report.png", artifacts / "readme-report.png")
 
     for key, title in SECTIONS:
         heading = page.locator(f"section#{key} > h2")
