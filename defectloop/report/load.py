@@ -255,17 +255,7 @@ def _champion(version: ModelVersion, since: datetime | None) -> ChampionInfo:
     )
 
 
-def _gallery(session: Session, size: int) -> tuple[tuple[GalleryItem, ...], str | None, str | None]:
-    """The ``size`` most and ``size`` least certain images under the current champions (or, with no
-    champion, under the models that predicted last)."""
-    model_key = repo.current_model_key(session=session)
-    note = None
-    if model_key is None:
-        keys = repo.list_prediction_model_keys(session=session, limit=1)
-        if not keys:
-            return (), None, "no image has been predicted yet: the gallery needs predictions"
-        model_key = keys[0]
-        note = f"no champion now: the images as the models {model_key} saw them"
+def _gallery_of(session: Session, model_key: str, size: int) -> list[GalleryItem]:
     items: list[GalleryItem] = []
     most = repo.list_predictions_by_confidence(session=session, model_key=model_key, limit=size)
     least = repo.list_predictions_by_confidence(
@@ -288,9 +278,30 @@ def _gallery(session: Session, size: int) -> tuple[tuple[GalleryItem, ...], str 
                     most_certain=most_certain,
                 )
             )
+    return items
+
+
+def _gallery(session: Session, size: int) -> tuple[tuple[GalleryItem, ...], str | None, str | None]:
+    """The ``size`` most and ``size`` least certain images under the current champions; when they have
+    predicted nothing yet (no champion, or the pool not yet re-scored), under the models that predicted
+    last, saying so."""
+    current = repo.current_model_key(session=session)
+    if current is not None:
+        items = _gallery_of(session, current, size)
+        if items:
+            return tuple(items), current, None
+    newest = next(iter(repo.list_prediction_model_keys(session=session, limit=1)), None)
+    if newest is None:
+        return (), current, "no image has been predicted yet: the gallery needs predictions"
+    items = _gallery_of(session, newest, size) if newest != current else []
     if not items:
-        note = f"no predictions by {model_key} of images still on disk"
-    return tuple(items), model_key, note
+        return (), current, f"no predictions by {newest} of images still on disk: no gallery"
+    why = (
+        "no champion now"
+        if current is None
+        else f"the current champions ({current}) have predicted nothing yet"
+    )
+    return tuple(items), newest, f"{why}: the images as the models {newest} saw them"
 
 
 def load_report_data(

@@ -163,3 +163,17 @@ def test_demo_runs_are_listed_newest_first_and_comparisons_counted(db_session: S
     first = repo.create_demo_run(session=db_session, name="one", settings={})
     second = repo.create_demo_run(session=db_session, name="two", settings={})
     assert [r.id for r in repo.list_demo_runs(session=db_session)][:2] == [second.id, first.id]
+
+
+def test_before_the_pool_is_rescored_the_gallery_shows_the_last_predictions_and_says_so(
+    db_session: Session, sample: Sample
+) -> None:
+    before = repo.current_model_key(session=db_session)
+    newer = new_model_version(db_session, name="binary-resnet18-newer")
+    repo.set_champion(session=db_session, version_id=newer.id, actor="engineer", reason="a test promotion")
+    data = load_report_data(db_session, gallery_size=3)
+    assert data.gallery_model_key == before
+    assert len(data.gallery) == 6
+    assert data.gallery_note is not None
+    assert "have predicted nothing yet" in data.gallery_note
+    assert any(e.action == "promote" and e.actor == "engineer" for e in data.history)
