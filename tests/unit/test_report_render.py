@@ -356,3 +356,26 @@ def test_settings_are_flattened_sorted_and_secrets_masked() -> None:
         ("label_studio_api_key", ""),
         ("x", "1"),
     )
+
+
+def test_empty_calibration_bins_are_skipped_in_the_plot() -> None:
+    bins = {
+        "bin_edges": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "confidence": [None, None, 0.6, 0.9],
+        "accuracy": [None, None, 0.5, 0.95],
+        "count": [0, 0, 4, 16],
+    }
+    calibration = parse_calibration(bins)
+    assert calibration is not None
+    assert calibration.confidence == (None, None, 0.6, 0.9)
+    assert plots.calibration_svg({"active": calibration}) is not None
+    empty = parse_calibration({**bins, "confidence": [None] * 4, "accuracy": [None] * 4})
+    assert empty is not None
+    assert plots.calibration_svg({"active": empty}) is None
+
+
+def test_a_demo_that_recorded_its_settings_nested_shows_them_dotted() -> None:
+    pairs = dict(
+        flatten_settings({"demo": {"rounds": 3}, "settings": {"DEFECTLOOP_WEBHOOK_SECRET": "********"}})
+    )
+    assert pairs == {"demo.rounds": "3", "settings.DEFECTLOOP_WEBHOOK_SECRET": "********"}
