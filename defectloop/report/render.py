@@ -537,6 +537,7 @@ h2 { margin: 0 0 8px; font-size: 18px; } h3 { margin: 14px 0 6px; font-size: 15p
 table { border-collapse: collapse; margin: 8px 0; font-size: 12px; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #eef1f4; } td.num { text-align: right; }
+table[data-table="settings"] td.num { text-align: left; }
 table[data-table="history"] tr.entry td { border-bottom: none; }
 table[data-table="history"] tr.entry td:first-child, table[data-table="history"] td.num,
 table[data-table="history"] tr.entry td:nth-child(3) { white-space: nowrap; }
