@@ -46,6 +46,7 @@ def test_help_lists_the_planned_commands(tmp_path: Path) -> None:
         "rollback",
         "versions",
         "demo",
+        "report",
     ):
         assert command in result.stdout, command
     assert "(not built yet)" in result.stdout
