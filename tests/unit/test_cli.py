@@ -22,7 +22,7 @@ def run_cli(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProce
     )
 
 
-def test_help_lists_the_planned_commands(tmp_path: Path) -> None:
+def test_help_lists_every_command(tmp_path: Path) -> None:
     result = run_cli("--help", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     for command in (
@@ -46,22 +46,10 @@ def test_help_lists_the_planned_commands(tmp_path: Path) -> None:
         "rollback",
         "versions",
         "demo",
+        "report",
     ):
         assert command in result.stdout, command
-    assert "(not built yet)" in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "issue"),
-    [
-        (("report",), "champion/challenger"),
-    ],
-)
-def test_planned_commands_refuse_loudly(tmp_path: Path, args: tuple[str, ...], issue: str) -> None:
-    result = run_cli(*args, data_dir=tmp_path)
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr
-    assert issue in result.stderr
+    assert "(not built yet)" not in result.stdout, "every command of the design is built"
 
 
 @pytest.mark.parametrize(
