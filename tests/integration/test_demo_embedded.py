@@ -1,7 +1,8 @@
 """`defectloop demo` end to end on the embedded default, as a user runs it: a real `defectloop demo`
 process, which starts the real `defectloop up` (watcher, worker, trainer, beat), feeds a camera folder,
 and runs a seed round and two rounds of rank -> simulated labels -> retrain -> compare/promote ->
-re-score against the random arm. Stopped with Ctrl-C after round 0, then resumed to the end.
+re-score against the random arm. Stopped with Ctrl-C after round 1, then resumed to the end (the
+random arm's champions, kept in memory, are trained again from their recorded round).
 
 Small on purpose (60 tiny photos, 1 epoch): the numbers do not matter, the bookkeeping does.
 """
@@ -81,7 +82,7 @@ def test_demo_runs_the_loop_against_the_random_arm_stops_on_ctrl_c_and_resumes(t
                 sessions = make_session_factory(create_engine_for(f"sqlite:///{database}"))
             if sessions is not None:
                 with contextlib.suppress(OperationalError):  # the schema is being created
-                    if 0 in _rounds(sessions, DemoArm.RANDOM):
+                    if 1 in _rounds(sessions, DemoArm.RANDOM):
                         break
             time.sleep(0.5)
         assert first.poll() is None, (tmp_path / "first.log").read_text()
@@ -134,6 +135,9 @@ def test_demo_runs_the_loop_against_the_random_arm_stops_on_ctrl_c_and_resumes(t
         active, random = by_arm[DemoArm.ACTIVE], by_arm[DemoArm.RANDOM]
         assert [r.labels_used for r in active] == [r.labels_used for r in random]
         assert set(active[1].timings) >= {"rank", "label", "train", "compare", "rescore"}
+        # The random arm is promoted by the same rule; its champions' rounds survive the resume.
+        assert set(random[-1].metrics["champion_rounds"]) == {"binary", "multiclass"}
+        assert set(random[-1].metrics["decisions"]) == {"binary", "multiclass"}
 
         # Every photo of the camera is in the database once, and predicted by the current champions
         # (or labelled).
