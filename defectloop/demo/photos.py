@@ -127,6 +127,7 @@ def prepare_photos(
         )
     if not records:
         raise DefectloopError(f"{root} holds no images in class folders")
+    records = _unique_bytes(records)
     if options.dataset is not None and len(records) > options.n_images:
         import random
 
@@ -165,6 +166,24 @@ def prepare_photos(
         len(split.test),
     )
     return result
+
+
+def _unique_bytes(records: list[Any]) -> list[Any]:
+    """The records whose bytes no earlier record has: the loop counts the same bytes twice as one image
+    (a camera sending a photo again), so a duplicate would never be ingested as a photo of its own, and
+    one in two roles (test and pool) would leak."""
+    import hashlib
+
+    seen: set[str] = set()
+    kept = []
+    for record in records:
+        digest = hashlib.sha256(Path(record.path).read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(record)
+    if len(kept) < len(records):
+        logger.warning("left out %d photo(s) whose bytes repeat an earlier one", len(records) - len(kept))
+    return kept
 
 
 def link_or_copy(source: Path, target: Path) -> None:
