@@ -148,9 +148,36 @@ def _permutation(keys: Collection[str], seed: int, salt: str) -> list[str]:
     return ordered
 
 
-def seed_draw(pool: Collection[str], *, size: int, seed: int) -> list[str]:
-    """Round 0's labels, shared by both arms: ``size`` photos of the pool drawn at random (seeded)."""
-    return _permutation(pool, seed, "seed")[: max(0, size)]
+def seed_draw(
+    pool: Collection[str],
+    *,
+    size: int,
+    seed: int,
+    is_defect: Mapping[str, bool] | None = None,
+    at_least: int = 2,
+) -> list[str]:
+    """Round 0's labels, shared by both arms: ``size`` photos of the pool drawn at random (seeded).
+
+    With ``is_defect``, the draw holds at least ``at_least`` good and ``at_least`` defective photos when
+    the pool has them (the next ones of that kind in the same random order replace the last drawn of
+    the other): the first champion needs both kinds on each side of its validation split, which a
+    purely random draw of a few dozen photos misses when defects are rare (AITEX: 1 in 20)."""
+    order = _permutation(pool, seed, "seed")
+    chosen = order[: max(0, size)]
+    if is_defect is None or not chosen:
+        return chosen
+    for kind in (True, False):
+        have = [k for k in chosen if is_defect.get(k, False) is kind]
+        extra = [k for k in order[len(chosen) :] if is_defect.get(k, False) is kind]
+        missing = min(at_least - len(have), len(extra))
+        if missing <= 0:
+            continue
+        others = [k for k in reversed(chosen) if is_defect.get(k, False) is not kind]
+        if len(others) - missing < at_least:
+            continue  # too small a draw for both kinds
+        out = set(others[:missing])
+        chosen = [k for k in chosen if k not in out] + extra[:missing]
+    return chosen
 
 
 def random_draws(pool: Collection[str], *, seed_set: Collection[str], total: int, seed: int) -> list[str]:

@@ -531,7 +531,12 @@ class DemoRunner:
                 rounds=options.rounds,
                 pool_size=len(pool_names),
             )
-            seed_names = seed_draw(pool_names, size=targets[0], seed=options.seed)
+            seed_names = seed_draw(
+                pool_names,
+                size=targets[0],
+                seed=options.seed,
+                is_defect={n: label != settings.good_class for n, label in truth_by_name.items()},
+            )
             test = [(p.source, p.label) for p in sorted(photos.of_role("test"), key=lambda p: p.key)]
             compare = [(p.source, p.label) for p in sorted(photos.of_role("compare"), key=lambda p: p.key)]
             annotator = self._annotator(settings, truth_by_id)

@@ -237,3 +237,18 @@ def test_verdict_compares_the_arms_at_equal_labels() -> None:
     assert "81 vs 52" in line
     assert verdict((5, 130, 81, 0.80), (5, 130, 52, 0.85)).startswith("active learning did not pay")
     assert verdict(None, (0, 30, 9, 0.5)) == "no round recorded for both arms yet"
+
+
+def test_seed_draw_holds_both_kinds_when_defects_are_rare() -> None:
+    pool = [f"p{i:03d}" for i in range(400)]
+    is_defect = {key: i % 20 == 0 for i, key in enumerate(pool)}  # 1 in 20, as AITEX
+    for seed in range(20):
+        drawn = seed_draw(pool, size=12, seed=seed, is_defect=is_defect)
+        assert len(drawn) == len(set(drawn)) == 12
+        assert set(drawn) <= set(pool)
+        assert sum(is_defect[k] for k in drawn) >= 2
+        assert sum(not is_defect[k] for k in drawn) >= 2
+    plenty = {key: i % 2 == 0 for i, key in enumerate(pool)}
+    assert seed_draw(pool, size=12, seed=3, is_defect=plenty) == seed_draw(pool, size=12, seed=3)
+    one_defect = {key: key == "p007" for key in pool}
+    assert "p007" in seed_draw(pool, size=12, seed=3, is_defect=one_defect)
