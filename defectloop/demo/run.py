@@ -506,6 +506,11 @@ class DemoRunner:
             self._prepare_evaluation_set(settings, photos, stages)
             camera = photos.camera_dir.resolve()
             camera.mkdir(parents=True, exist_ok=True)
+            # A retrain the previous run's trainer was running when it stopped never finishes: no worker
+            # of this database runs now, so every running request is closed as failed (a new one is asked).
+            from workers.retrain_policy import fail_stale_requests
+
+            fail_stale_requests(sessions, older_than_s=0)
             self._start_child(settings, camera, run_dir / "up.log")
             celery_app = create_celery_app(settings)
             pool = photos.of_role("pool")
@@ -627,7 +632,14 @@ class DemoRunner:
 
         assert self.sessions is not None
         if labelling_config(settings) is not None:
-            from defectloop.demo.label_studio import LabelStudioAnnotator  # type: ignore[import-not-found,unused-ignore]
+            try:
+                from defectloop.demo.label_studio import LabelStudioAnnotator  # type: ignore[import-not-found,unused-ignore]
+            except ModuleNotFoundError as exc:  # a build without it: say so rather than half-run
+                raise DefectloopError(
+                    "Label Studio is configured (DEFECTLOOP_LABEL_STUDIO_API_KEY, DEFECTLOOP_WEBHOOK_SECRET) "
+                    "but this build has no Label Studio annotator for the demo; unset them to use the direct "
+                    "one"
+                ) from exc
 
             annotator: Annotator = LabelStudioAnnotator(
                 settings=settings, sessions=self.sessions, truth=truth
