@@ -163,12 +163,20 @@ class _Stages:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._tasks: list[Any] = []
+
+    def clear(self) -> None:
+        """Take the finished bars off the screen (a round's printed line stays)."""
+        for task in self._tasks:
+            self.progress.remove_task(task)
+        self._tasks = []
 
     @contextlib.contextmanager
     def stage(
         self, name: str, description: str, total: float | None = None
     ) -> Iterator[Callable[[float], None]]:
         task = self.progress.add_task(description, total=total)
+        self._tasks.append(task)
         started = time.perf_counter()
 
         def advance_to(done: float) -> None:
@@ -582,6 +590,7 @@ class DemoRunner:
                     ),
                 )
                 result.rounds.append(summary)
+                stages.clear()
                 progress.console.print(_round_line(summary), highlight=False)
 
     def _prepare_evaluation_set(self, settings: Settings, photos: DemoPhotos, stages: _Stages) -> None:
