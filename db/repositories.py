@@ -898,6 +898,34 @@ def list_prediction_model_keys(*, session: Session, limit: int = 50) -> list[str
     return [str(key) for key in session.scalars(stmt)]
 
 
+def list_predictions_by_confidence(
+    *,
+    session: Session,
+    model_key: str,
+    limit: int,
+    most_certain: bool = True,
+    exclude_image_ids: Iterable[int] = (),
+) -> list[tuple[Prediction, Image]]:
+    """The predictions of ``model_key`` with their images, the most confident first (or, with
+    ``most_certain=False``, the least confident first); images whose bytes are gone (quarantined,
+    superseded) are left out, and so are ``exclude_image_ids``."""
+    order = Prediction.confidence.desc() if most_certain else Prediction.confidence.asc()
+    stmt = (
+        select(Prediction, Image)
+        .join(Image, Image.id == Prediction.image_id)
+        .where(
+            Prediction.model_key == model_key,
+            Image.status.not_in([ImageStatus.QUARANTINED, ImageStatus.SUPERSEDED]),
+        )
+        .order_by(order, Prediction.image_id)
+        .limit(limit)
+    )
+    excluded = sorted({int(i) for i in exclude_image_ids})
+    if excluded:
+        stmt = stmt.where(Prediction.image_id.not_in(excluded))
+    return [(row[0], row[1]) for row in session.execute(stmt)]
+
+
 def current_label(*, session: Session, image_id: int) -> str | None:
     """The label of the latest annotation of the image that is neither deleted nor cancelled, or None."""
     stmt = (
@@ -1413,6 +1441,11 @@ def list_comparisons(*, session: Session, task: ModelTask | None = None, limit: 
     return list(session.scalars(stmt))
 
 
+def count_comparisons(*, session: Session) -> int:
+    """How many comparisons have been recorded."""
+    return int(session.scalar(select(func.count()).select_from(Comparison)) or 0)
+
+
 def record_evaluation(
     *,
     session: Session,
@@ -1477,6 +1510,11 @@ def latest_demo_run(*, session: Session) -> DemoRun | None:
     return session.scalars(
         select(DemoRun).order_by(DemoRun.started_at.desc(), DemoRun.id.desc()).limit(1)
     ).first()
+
+
+def list_demo_runs(*, session: Session) -> list[DemoRun]:
+    """Every demo run, the one started last first."""
+    return list(session.scalars(select(DemoRun).order_by(DemoRun.started_at.desc(), DemoRun.id.desc())))
 
 
 def set_demo_run_status(
