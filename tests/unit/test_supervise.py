@@ -161,11 +161,13 @@ def test_defectloop_up_restarts_a_killed_worker_and_leaves_no_orphan_when_killed
             pid for pid in before if b"--queues=inference" in Path(f"/proc/{pid}/cmdline").read_bytes()
         )
         os.kill(worker, signal.SIGKILL)
-        wait_for(
-            "up to restart the worker",
-            lambda: len(children_of(up.pid)) == 3 and worker not in children_of(up.pid),
-        )
-        assert "killed by SIGKILL" in log_path.read_text()
+        wait_for("up to log the worker's death", lambda: "killed by SIGKILL" in log_path.read_text())
+
+        def restarted() -> bool:
+            children = children_of(up.pid)  # one snapshot: the killed worker must be gone from this one
+            return len(children) == 3 and worker not in children
+
+        wait_for("up to restart the worker", restarted)
         survivors = set(children_of(up.pid))
         assert before - {worker} <= survivors  # trainer and beat ran on
         up.kill()  # SIGKILL: no clean-up in `up` itself
