@@ -1,0 +1,1 @@
+"""``defectloop demo``: the whole loop with a simulated annotator (built on branch ``demo``)."""
