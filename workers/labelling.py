@@ -68,6 +68,7 @@ __all__ = [
     "push_labelling_batch",
     "reconcile_annotations",
     "record_annotation_events",
+    "record_simulated_annotations",
     "refresh_labelling_predictions",
 ]
 
@@ -698,6 +699,27 @@ def record_annotation_events(*, session: Session, events: Sequence[AnnotationEve
             outcome,
             "skipped" if event.was_cancelled else event.label,
         )
+    return report
+
+
+def record_simulated_annotations(
+    *, session: Session, labels: Mapping[int, str], annotator: str
+) -> RecordReport:
+    """Record labels a simulated annotator gave from ground truth (``defectloop demo`` without Label
+    Studio): origin ``simulated``, through the same repository call and image settling as annotators'
+    work. Idempotent: the same image, annotator and label twice is one annotation (the caller commits)."""
+    report = RecordReport()
+    for image_id, label in labels.items():
+        _, outcome = repo.record_annotation(
+            session=session,
+            image_id=image_id,
+            label=label,
+            annotator=annotator,
+            origin=AnnotationOrigin.SIMULATED,
+        )
+        setattr(report, str(outcome), getattr(report, str(outcome)) + 1)
+        _settle_image(session, image_id, None, None)
+    logger.info("recorded %d simulated label(s) by %s: %s", len(labels), annotator, report.as_dict())
     return report
 
 

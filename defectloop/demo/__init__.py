@@ -1,1 +1,1 @@
-"""``defectloop demo``: the whole loop with a simulated annotator (built on branch ``demo``)."""
+"""`defectloop demo`: the whole loop against a simulated annotator and a random control arm."""
