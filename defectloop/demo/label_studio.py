@@ -59,6 +59,8 @@ class LabelStudioAnnotator:
     ``truth(image_id)`` is the image's class (one of ``settings.classes``). ``gateway`` (default: one
     for the settings) and ``request_push`` (default: a message to the workers' ``labelling`` queue)
     exist for tests. ``timeout_s`` bounds each wait: for enough ranked tasks, and for the recording.
+    ``timings`` holds the seconds the last batch spent waiting for ranked tasks (``rank``), submitting
+    them (``label``) and waiting until the loop recorded them (``record``).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class LabelStudioAnnotator:
         self._push_every_s = push_every_s
         self._project_id: int | None = None
         self._user_id: int | None = None
+        self.timings: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"LabelStudioAnnotator(project={self._settings.label_studio_project_title!r})"
@@ -157,7 +160,9 @@ class LabelStudioAnnotator:
         """
         if size <= 0:
             return []
+        started = time.perf_counter()
         tasks = self.open_tasks(size)
+        ranked = time.perf_counter()
         classes = tuple(self._settings.classes)
         made: dict[int, OpenTask] = {}
         for task in tasks:
@@ -172,7 +177,13 @@ class LabelStudioAnnotator:
             )
             made[annotation_id] = task
         logger.info("annotated %d task(s) in Label Studio project %d", len(made), self.project_id)
+        submitted = time.perf_counter()
         self.wait_recorded(made)
+        self.timings = {
+            "rank": ranked - started,
+            "label": submitted - ranked,
+            "record": time.perf_counter() - submitted,
+        }
         return [task.image_id for task in tasks]
 
     # -- steps ----------------------------------------------------------------------------------------
