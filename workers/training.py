@@ -282,6 +282,18 @@ def train_from_database(
             f"{where} include no defect-type label ({', '.join(defect_classes)}): the multiclass task "
             f"trains on typed defects only, and the labels are {label_counts(records)}"
         )
+    rare: dict[str, int] = {}
+    if model_task == "multiclass":
+        # A defect type labelled once cannot be on both sides of the split; in a loop that labels as it
+        # goes, it must not hold the other types' model back until a second one turns up.
+        counts = Counter(labels)
+        rare = {class_names[c]: n for c, n in sorted(counts.items()) if n < _MIN_IMAGES_PER_CLASS}
+        if rare and len(counts) - len(rare) >= 2:
+            logger.warning("multiclass: left out defect type(s) labelled only once so far: %s", sorted(rare))
+            pairs = [(r, y) for r, y in zip(kept, labels, strict=True) if class_names[y] not in rare]
+            kept, labels = [r for r, _ in pairs], [y for _, y in pairs]
+        else:
+            rare = {}
     _check_class_sizes(where, model_task, labels, class_names)
     kept_ids = {r.image_id for r in kept}
     fingerprint = hashlib.sha256()
@@ -294,6 +306,7 @@ def train_from_database(
         "left_out_missing_file": len(missing),
         "left_out_unknown_label": dict(sorted(unknown.items())),
         "left_out_evaluation": held_out,
+        "left_out_rare_class": rare,
     }
     return _train_and_register(
         sessions=sessions,

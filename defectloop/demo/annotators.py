@@ -79,5 +79,7 @@ class DirectAnnotator:
         with session_scope(self._sessions) as session:
             record_simulated_annotations(session=session, labels=labels, annotator=SIMULATED_ANNOTATOR)
         self.timings = {"rank": ranked - started, "label": time.perf_counter() - ranked}
-        logger.info("simulated annotator labelled %d of %d candidates (model %s)", len(ids), len(pool), model_key)
+        logger.info(
+            "simulated annotator labelled %d of %d candidates (model %s)", len(ids), len(pool), model_key
+        )
         return ids

@@ -69,7 +69,9 @@ def build_metrics(
     good = classes[0]
     p = np.asarray(p_defect, dtype=np.float64)
     if p.ndim != 1 or len(p) != len(truth) or len(truth) == 0:
-        raise ValueError(f"need one p(defect) per image and at least one image, got {p.shape} for {len(truth)}")
+        raise ValueError(
+            f"need one p(defect) per image and at least one image, got {p.shape} for {len(truth)}"
+        )
     unknown = sorted({t for t in truth if t != DEFECTIVE and t not in classes})
     if unknown:
         raise ValueError(f"ground-truth labels {unknown} are not among the classes {list(classes)}")

@@ -130,7 +130,9 @@ def prepare_photos(
     if options.dataset is not None and len(records) > options.n_images:
         import random
 
-        records = sorted(random.Random(options.seed).sample(records, options.n_images), key=lambda r: str(r.path))
+        records = sorted(
+            random.Random(options.seed).sample(records, options.n_images), key=lambda r: str(r.path)
+        )
     labels = {r.path.relative_to(root).as_posix(): str(r.label) for r in records}
     groups = {r.path.relative_to(root).as_posix(): r.group for r in records}
     split: PhotoSplit = split_photos(

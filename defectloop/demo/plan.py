@@ -56,7 +56,9 @@ class DemoOptions:
         object.__setattr__(self, "class_map", dict(self.class_map))
         for name in ("rounds", "seed_labels", "n_images", "epochs"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'rounds' else 1}, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be >= {0 if name == 'rounds' else 1}, got {getattr(self, name)}"
+                )
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if not self.architectures:
@@ -116,7 +118,9 @@ def split_photos(
     compare: list[str] = []
     pool: list[str] = []
     for has_defect in (False, True):
-        stratum = sorted(g for g, keys in by_group.items() if any(labels[k] != good_class for k in keys) == has_defect)
+        stratum = sorted(
+            g for g, keys in by_group.items() if any(labels[k] != good_class for k in keys) == has_defect
+        )
         rng.shuffle(stratum)
         n = len(stratum)
         n_test = round(test_fraction * n)

@@ -54,7 +54,6 @@ def test_help_lists_the_planned_commands(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "issue"),
     [
-        (("demo",), "champion/challenger"),
         (("report",), "champion/challenger"),
     ],
 )
