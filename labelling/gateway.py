@@ -368,15 +368,25 @@ class LabelStudioGateway:
         # The SDK's pager asks for pages until the server answers 404 after the last one.
         yield from pager
 
+    def _tasks_by_score(self, project_id: int) -> list[Any]:
+        """The project's tasks (task fields only) in the annotators' order."""
+        try:
+            return list(
+                self._iter_tasks(
+                    project_id=project_id, query={"ordering": [SCORE_ORDERING]}, fields="task_only"
+                )
+            )
+        except ApiError as exc:
+            # Label Studio 1.23 adds the score it orders by only when the project has a task: an empty
+            # project answers 500 "Cannot resolve keyword 'predictions_score'". No task, no order.
+            if exc.status_code == 500 and "predictions_score" in str(exc.body):
+                return []
+            raise
+
     def task_ids_by_score(self, *, project_id: int) -> list[int]:
         """Task ids in the annotators' order: prediction score ascending (most informative first)."""
         with self._translate(f"list the tasks of project {project_id}"):
-            return [
-                int(t.id)
-                for t in self._iter_tasks(
-                    project_id=project_id, query={"ordering": [SCORE_ORDERING]}, fields="task_only"
-                )
-            ]
+            return [int(t.id) for t in self._tasks_by_score(project_id)]
 
     def list_tasks(self, *, project_id: int) -> list[dict[str, Any]]:
         """Every task of a project (by id): id, data, counts, and its predictions' ids, versions, scores."""
@@ -506,9 +516,7 @@ class LabelStudioGateway:
         with self._translate(f"list the open tasks of project {project_id}"):
             return [
                 int(t.id)
-                for t in self._iter_tasks(
-                    project_id=project_id, query={"ordering": [SCORE_ORDERING]}, fields="task_only"
-                )
+                for t in self._tasks_by_score(project_id)
                 if not int(t.total_annotations or 0) and not int(t.cancelled_annotations or 0)
             ]
 
