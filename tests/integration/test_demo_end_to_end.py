@@ -250,6 +250,11 @@ def _cli(stack: Stack, *args: str) -> str:
     return result.stdout
 
 
+def up_log_whole(stack: Stack) -> str:
+    logs = sorted(stack.data_dir.glob("demo/*/up.log"))
+    return logs[-1].read_text(errors="replace") if logs else ""
+
+
 def _up_log(stack: Stack) -> str:
     logs = sorted(stack.data_dir.glob("demo/*/up.log"))
     return logs[-1].read_text(errors="replace")[-6000:] if logs else "(no up.log)"
@@ -261,7 +266,12 @@ def test_a_short_demo_runs_the_loop_through_label_studio_on_real_services(stack:
     )
     assert result.status == "finished", _up_log(stack)
     up_log = _up_log(stack)
-    assert len(stack.gateway.project_ids(title=stack.title)) == 1
+    (project_id,) = stack.gateway.project_ids(title=stack.title)
+    # The labels reached the loop through the webhook to `serve` and the labelling worker (beat's
+    # reconciliation is the fallback for lost webhooks).
+    (webhook,) = stack.gateway.list_webhooks(project_id=project_id)
+    assert webhook["url"] == f"{stack.env['DEFECTLOOP_PUBLIC_URL']}/webhooks/label-studio"
+    assert "defectloop.record_annotations" in up_log_whole(stack)
 
     # Rounds 1 and 2 asked the Label Studio annotator for labels (the seed round labels at random).
     asked = [seen for seen in SEEN if seen.labelled]
