@@ -271,7 +271,9 @@ def test_a_short_demo_runs_the_loop_through_label_studio_on_real_services(stack:
     # reconciliation is the fallback for lost webhooks).
     (webhook,) = stack.gateway.list_webhooks(project_id=project_id)
     assert webhook["url"] == f"{stack.env['DEFECTLOOP_PUBLIC_URL']}/webhooks/label-studio"
-    assert "defectloop.record_annotations" in up_log_whole(stack)
+    whole_log = up_log_whole(stack)
+    assert whole_log.count('"POST /webhooks/label-studio HTTP/1.1" 200') >= OPTIONS.rounds * OPTIONS.batch
+    assert "defectloop.record_annotations[" in whole_log
 
     # Rounds 1 and 2 asked the Label Studio annotator for labels (the seed round labels at random).
     asked = [seen for seen in SEEN if seen.labelled]
