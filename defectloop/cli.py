@@ -1377,8 +1377,9 @@ def demo(
         Path | None, typer.Option(help="Where to write report.html.", show_default="DATA_DIR/report.html")
     ] = None,
 ) -> None:
-    """Run the whole loop (camera -> ranking -> simulated annotator -> retrain -> champion/challenger) for
-    several rounds against a random control arm, and write the report; a rerun resumes, --fresh starts over."""
+    """Run the whole loop (camera -> ranking -> simulated annotator -> retrain -> champion/challenger)
+    for several rounds against a random control arm, and write the report; a rerun resumes the latest
+    unfinished run, --fresh starts over."""
     from defectloop.demo.plan import DemoOptions
     from defectloop.demo.run import run_demo
     from defectloop.settings import ARCHITECTURE_NAMES

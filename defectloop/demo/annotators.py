@@ -50,7 +50,8 @@ class DirectAnnotator:
         if settings.strategy in _NEEDS_EMBEDDINGS:
             raise DefectloopError(
                 f"the demo's direct annotator ranks stored predictions; strategy {settings.strategy} needs "
-                "image embeddings: set DEFECTLOOP_STRATEGY to entropy, margin, least_confidence, bald or random"
+                "image embeddings: set DEFECTLOOP_STRATEGY to entropy, margin, least_confidence, bald or "
+                "random"
             )
         self._sessions = sessions
         self._settings = settings

@@ -66,7 +66,7 @@ class DemoPhotos:
         }
         tmp = self.run_dir / f".{PHOTOS_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.run_dir / PHOTOS_FILE)
+        tmp.replace(self.run_dir / PHOTOS_FILE)
 
     @classmethod
     def load(cls, run_dir: Path) -> DemoPhotos | None:
@@ -179,7 +179,7 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.link(source, tmp)
     except OSError:
         shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    tmp.replace(target)
 
 
 def write_compare_folder(photos: DemoPhotos) -> Path:
@@ -209,7 +209,7 @@ def feed_camera(
         if not target.exists():
             tmp = camera / f".{photo.name}.part"
             shutil.copyfile(photo.source, tmp)
-            os.replace(tmp, target)
+            tmp.replace(target)
             written += 1
             if pause > 0:
                 sleep(pause)

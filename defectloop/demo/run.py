@@ -246,7 +246,7 @@ def _image_ids_under(sessions: sessionmaker[Session], folder: Path) -> dict[str,
 # --- the run ---------------------------------------------------------------------------------------
 
 
-class _Stop(Exception):
+class _StopError(Exception):
     """SIGTERM: stop like Ctrl-C."""
 
 
@@ -330,13 +330,14 @@ class DemoRunner:
                 repo.set_demo_run_status(session=session, run_id=latest.id, status=DemoRunStatus.RUNNING)
                 return latest.id, latest.name, stored, True
             if latest is not None:
-                raise _Finished(latest.name)
+                raise _FinishedError(latest.name)
             images = sum(repo.count_images_by_status(session=session).values())
             versions = repo.list_model_versions(session=session)
             if images or versions:
                 raise DefectloopError(
-                    f"the database under {settings.data_dir} holds {images} image(s) and {len(versions)} model "
-                    "version(s) that are not a demo's: the demo needs a database of its own. Point it at an empty "
+                    f"the database under {settings.data_dir} holds {images} image(s) and {len(versions)} "
+                    "model version(s) that are not a demo's: the demo needs a database of its own. Point it "
+                    "at an empty "
                     "folder (DEFECTLOOP_DATA_DIR=var/demo defectloop demo)"
                 )
             name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
@@ -351,7 +352,7 @@ class DemoRunner:
     def _run(self, settings: Settings) -> DemoResult:
         try:
             run_id, name, options, resumed = self._pick_run(settings)
-        except _Finished as done:
+        except _FinishedError as done:
             self.console.print(
                 f"the latest demo run {done.name} has finished; its report is written again below "
                 "(`defectloop demo --fresh` runs a new one)"
@@ -370,24 +371,29 @@ class DemoRunner:
         estimate = estimate_seconds(options)
         if estimate > TIME_BUDGET_S:
             self.console.print(
-                f"[yellow]warning:[/] this size will take about {round_up_minutes(estimate)} min on a 2-core machine "
+                f"[yellow]warning:[/] this size will take about {round_up_minutes(estimate)} min on a "
+                "2-core machine "
                 f"(the default takes under {round_up_minutes(TIME_BUDGET_S)}): {options.n_images} photos, "
-                f"{options.rounds} rounds of {options.batch}, {options.image_size} px, {options.epochs} epochs, "
+                f"{options.rounds} rounds of {options.batch}, {options.image_size} px, "
+                f"{options.epochs} epochs, "
                 f"{len(options.architectures)} architecture(s)",
                 highlight=False,
             )
         self.console.print(
-            f"{'resuming' if resumed else 'starting'} demo run [bold]{name}[/] (data dir {settings.data_dir}; "
+            f"{'resuming' if resumed else 'starting'} demo run [bold]{name}[/] "
+            f"(data dir {settings.data_dir}; "
             f"estimated {round_up_minutes(estimate)} min)",
             highlight=False,
         )
         previous = signal.signal(signal.SIGTERM, _raise_stop)
+        # Ctrl-C raises KeyboardInterrupt even when started where SIGINT was ignored (a background job).
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         status, reason = DemoRunStatus.FAILED, None
         result = DemoResult(run_name=name, status="running")
         try:
             self._loop(settings, run_id, name, result)
             status = DemoRunStatus.FINISHED
-        except (KeyboardInterrupt, _Stop):
+        except (KeyboardInterrupt, _StopError):
             status, reason = DemoRunStatus.STOPPED, "stopped by the user (Ctrl-C or SIGTERM)"
             self.console.print(
                 "[yellow]stopping[/]: the loop's processes are stopped; rerun `defectloop demo` to resume"
@@ -398,6 +404,7 @@ class DemoRunner:
         finally:
             self._stop_child()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             assert self.sessions is not None
             with session_scope(self.sessions) as session:
                 repo.set_demo_run_status(session=session, run_id=run_id, status=status, reason=reason)
@@ -587,7 +594,8 @@ class DemoRunner:
                             session=session,
                             evaluation_set_id=existing.id,
                             members=members,
-                            reason="defectloop demo: photos held out of the camera as the frozen evaluation set",
+                            reason="defectloop demo: photos held out of the camera as the frozen "
+                            "evaluation set",
                         )
 
     def _annotator(self, settings: Settings, truth_by_id: Mapping[int, str]) -> Annotator:
@@ -674,10 +682,32 @@ class DemoRunner:
         with session_scope(sessions) as session:
             waiting = [
                 image.id
-                for status in (ImageStatus.NEW,)
-                for image in repo.list_images_by_status(session=session, status=status)
+                for image in repo.list_images_by_status(session=session, status=ImageStatus.NEW)
                 if image.path.startswith(f"{camera}{os.sep}")
             ]
+            # Predicted while only the first binary champion existed (its multiclass one came moments
+            # later, without a champion *change* that would re-queue the pool): score them again.
+            key = repo.current_model_key(session=session)
+            current = select(Prediction.image_id).where(Prediction.model_key == key)
+            stale = (
+                []
+                if key is None
+                else list(
+                    session.scalars(
+                        select(Image.id).where(
+                            _under(camera), Image.status == ImageStatus.PREDICTED, Image.id.not_in(current)
+                        )
+                    )
+                )
+            )
+            for image_id in stale:
+                repo.set_image_status(
+                    session=session,
+                    image_id=image_id,
+                    status=ImageStatus.QUEUED,
+                    expected=ImageStatus.PREDICTED,
+                )
+            waiting.extend(stale)
         for i in range(0, len(waiting), 64):
             publish_classification(celery_app, waiting[i : i + 64])
         total, _, _ = _predicted_by_current(sessions, camera)
@@ -720,15 +750,17 @@ class DemoRunner:
         good = settings.good_class
         labelled = _labelled_pool(sessions, camera)
         if round_number == 0:
-            with stages.stage(
-                "label", f"round 0: {len(seed_ids)} seed labels (random, both arms)", total=len(seed_ids)
+            with (
+                stages.stage(
+                    "label", f"round 0: {len(seed_ids)} seed labels (random, both arms)", total=len(seed_ids)
+                ),
+                session_scope(sessions) as session,
             ):
-                with session_scope(sessions) as session:
-                    record_simulated_annotations(
-                        session=session,
-                        labels={i: truth_by_id[i] for i in seed_ids if i not in labelled},
-                        annotator=SEED_ANNOTATOR,
-                    )
+                record_simulated_annotations(
+                    session=session,
+                    labels={i: truth_by_id[i] for i in seed_ids if i not in labelled},
+                    annotator=SEED_ANNOTATOR,
+                )
         else:
             missing = target - len(labelled)
             with stages.stage(
@@ -893,14 +925,14 @@ class DemoRunner:
         return verdict(by_arm.get("active"), by_arm.get("random"))
 
 
-class _Finished(Exception):
+class _FinishedError(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
 
 
 def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
-    raise _Stop
+    raise _StopError
 
 
 def _shown_settings(settings: Settings) -> dict[str, str]:
@@ -914,8 +946,11 @@ def verdict(
     """One line: active vs random at the same number of labels (their last recorded round)."""
     if active is None or random is None or active[3] is None or random[3] is None:
         return "no round recorded for both arms yet"
-    _, labels, defects, f1 = active
-    _, r_labels, r_defects, r_f1 = random
+    _, labels, defects, a_f1 = active
+    _, r_labels, r_defects, b_f1 = random
+    assert a_f1 is not None
+    assert b_f1 is not None
+    f1, r_f1 = float(a_f1), float(b_f1)
     gain = f1 - r_f1
     if abs(gain) < 0.01:
         outcome = "a tie"
@@ -924,7 +959,8 @@ def verdict(
     else:
         outcome = "active learning did not pay"
     return (
-        f"{outcome}: frozen-set macro-F1 {f1:.3f} (active) vs {r_f1:.3f} (random) at {labels} vs {r_labels} labels "
+        f"{outcome}: frozen-set macro-F1 {f1:.3f} (active) vs {r_f1:.3f} (random) "
+        f"at {labels} vs {r_labels} labels "
         f"({gain:+.3f}); defects found {defects} vs {r_defects}"
     )
 
@@ -933,7 +969,8 @@ def _round_line(summary: Mapping[str, Any]) -> str:
     a, r = summary["active"], summary["random"]
     promoted = f", promoted {', '.join(summary['promoted'])}" if summary["promoted"] else ""
     return (
-        f"round {summary['round']}: active macro-F1 {a['macro_f1']:.3f} ({a['labels']} labels, {a['defects']} defects) | "
+        f"round {summary['round']}: active macro-F1 {a['macro_f1']:.3f} "
+        f"({a['labels']} labels, {a['defects']} defects) | "
         f"random {r['macro_f1']:.3f} ({r['labels']} labels, {r['defects']} defects) | champions "
         f"{' + '.join(n for n in summary['champions'] if n)}{promoted}"
     )
