@@ -88,6 +88,7 @@ class LabelStudioAnnotator:
         self._project_id: int | None = None
         self._user_id: int | None = None
         self.timings: dict[str, float] = {}
+        self._checked_project = False
 
     def __repr__(self) -> str:
         return f"LabelStudioAnnotator(project={self._settings.label_studio_project_title!r})"
@@ -172,6 +173,9 @@ class LabelStudioAnnotator:
         """
         if size <= 0:
             return []
+        if not self._checked_project:
+            self.check_project_is_ours()
+            self._checked_project = True
         started = time.perf_counter()
         tasks = self.open_tasks(size)
         ranked = time.perf_counter()
@@ -199,6 +203,33 @@ class LabelStudioAnnotator:
         return [task.image_id for task in tasks]
 
     # -- steps ----------------------------------------------------------------------------------------
+
+    def check_project_is_ours(self, *, settle_s: float = 5.0) -> None:
+        """Refuse a project holding tasks this database did not push (another run's, or a database made
+        afresh since): their annotations would be taken for labels of this run's images.
+
+        A task the loop is pushing right now is in Label Studio a moment before our database records it:
+        unknown tasks are looked at again until they are recorded or ``settle_s`` has passed.
+        """
+        deadline = time.monotonic() + settle_s
+        while True:
+            with self._sessions() as session:
+                ours = {
+                    task.ls_task_id
+                    for task in repo.list_label_tasks(session=session, ls_project_id=self.project_id)
+                }
+            foreign = set(self.gateway.task_ids_by_score(project_id=self.project_id)) - ours
+            if not foreign:
+                return
+            if time.monotonic() >= deadline:
+                raise DefectloopError(
+                    f"Label Studio project {self.project_id} "
+                    f"({self._settings.label_studio_project_title!r}) holds {len(foreign)} task(s) this "
+                    "database did not push (an earlier run's?); their labels would be taken for this "
+                    "run's images. Give the demo a project of its own "
+                    "(DEFECTLOOP_LABEL_STUDIO_PROJECT_TITLE) or delete that project in Label Studio"
+                )
+            time.sleep(self._poll_s)
 
     def open_tasks(self, size: int) -> list[OpenTask]:
         """Up to ``size`` open tasks in the annotators' order, once the loop has ranked enough of them."""

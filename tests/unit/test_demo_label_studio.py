@@ -24,6 +24,7 @@ from db.migrate import upgrade
 from db.schema import Annotation, AnnotationOrigin, ImageStatus, ModelTask
 from db.session import create_engine_for, make_session_factory
 from defectloop.demo.label_studio import AnnotatorTimeoutError, LabelStudioAnnotator
+from defectloop.errors import DefectloopError
 from defectloop.settings import Settings
 from labelling.gateway import ProjectInfo
 from labelling.names import SIMULATED_ANNOTATOR
@@ -86,6 +87,9 @@ class FakeLabelStudio:
     def ensure_user(self, *, email: str, first_name: str = "", last_name: str = "") -> int:
         assert email == SIMULATED_ANNOTATOR
         return USER
+
+    def task_ids_by_score(self, *, project_id: int) -> list[int]:
+        return sorted(self.tasks, key=lambda t: (-self.tasks[t][1], t))
 
     def open_task_ids_by_score(self, *, project_id: int) -> list[int]:
         annotated = {task for task, _, _ in self.annotated.values()}
@@ -250,3 +254,19 @@ def test_a_ground_truth_outside_the_classes_is_refused(sessions: sessionmaker[Se
     with pytest.raises(ValueError, match="'stain', not one of the classes ok, hole, raw_edge"):
         annotator.label_batch(1)
     assert fake.annotated == {}
+
+
+def test_a_project_holding_tasks_this_database_did_not_push_is_refused(
+    sessions: sessionmaker[Session],
+) -> None:
+    _pool(sessions, 2)
+    fake = FakeLabelStudio(sessions)
+    pusher = Pusher(fake)
+    pusher(2)
+    fake.tasks[5] = (1, 0.99)  # left by an earlier run on another database
+    annotator = _annotator(sessions, fake, pusher)
+    annotator._poll_s = 0.01
+    with pytest.raises(DefectloopError, match=r"holds 1 task.*did not push.*project of its own"):
+        annotator.check_project_is_ours(settle_s=0.05)
+    del fake.tasks[5]
+    assert len(annotator.label_batch(2)) == 2
