@@ -25,3 +25,10 @@ SECRET_HEADER = "X-Defectloop-Secret"  # noqa: S105  # a header name, not a secr
 
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 """The webhook actions registered with Label Studio (deletion is plural in Label Studio's API)."""
+
+SIMULATED_ANNOTATOR = "simulated-annotator@defectloop.invalid"
+"""The Label Studio user the demo's simulated annotator answers as (answers from ground truth).
+
+Annotations completed by this user are recorded with origin ``simulated``; everyone else's with origin
+``label_studio``. The ``.invalid`` domain is reserved (RFC 2606): no real annotator can have it.
+"""

@@ -39,7 +39,7 @@ from db import repositories as repo
 from db.schema import AnnotationOrigin, ImageStatus, LabelTaskStatus, Prediction, utcnow
 from db.session import session_scope
 from labelling.errors import PayloadError
-from labelling.names import IMAGE_ID_KEY
+from labelling.names import IMAGE_ID_KEY, SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent, parse_annotation
 from workers.errors import WorkerError
 
@@ -60,6 +60,7 @@ __all__ = [
     "ReconcileReport",
     "RecordReport",
     "Scorer",
+    "annotation_origin",
     "choose_candidates",
     "current_model_key",
     "cursor_name",
@@ -632,6 +633,14 @@ def _settle_image(session: Session, image_id: int, ls_project_id: int | None, ls
             repo.reopen_label_task(session=session, ls_task_id=ls_task_id, ls_project_id=ls_project_id)
 
 
+def annotation_origin(annotator: str | None) -> AnnotationOrigin:
+    """``simulated`` for the demo's simulated annotator (``labelling.names.SIMULATED_ANNOTATOR``, the
+    Label Studio user it answers as), ``label_studio`` for everyone else who annotated in Label Studio."""
+    if annotator is not None and annotator.lower() == SIMULATED_ANNOTATOR:
+        return AnnotationOrigin.SIMULATED
+    return AnnotationOrigin.LABEL_STUDIO
+
+
 def record_annotation_events(*, session: Session, events: Sequence[AnnotationEvent]) -> RecordReport:
     """Record annotators' work; idempotent by Label Studio annotation id (the caller commits).
 
@@ -663,17 +672,23 @@ def record_annotation_events(*, session: Session, events: Sequence[AnnotationEve
                 event.ls_task_id,
             )
             continue
-        _, outcome = repo.record_annotation(
+        origin = annotation_origin(event.annotator)
+        annotation, outcome = repo.record_annotation(
             session=session,
             image_id=image_id,
             label=None if event.was_cancelled else event.label,
             annotator=event.annotator,
             ls_annotation_id=event.ls_annotation_id,
             ls_task_id=event.ls_task_id,
-            origin=AnnotationOrigin.LABEL_STUDIO,
+            origin=origin,
             was_cancelled=event.was_cancelled,
             annotated_at=event.annotated_at,
         )
+        if annotation.annotator == event.annotator and annotation.origin is not origin:
+            # The annotator became known on a later delivery (a webhook names a user id when Label
+            # Studio could not say its e-mail; reconciliation names the e-mail): so does the origin.
+            annotation.origin = origin
+            session.flush()
         setattr(report, str(outcome), getattr(report, str(outcome)) + 1)
         _settle_image(session, image_id, event.ls_project_id, event.ls_task_id)
         logger.info(

@@ -226,6 +226,37 @@ def test_ensure_view_is_idempotent(ls_gateway: LabelStudioGateway, ls_project: i
 # -- tasks and the queue order ---------------------------------------------------------------------
 
 
+def test_an_empty_project_has_an_empty_queue_and_annotated_tasks_leave_the_open_queue(
+    ls_gateway: LabelStudioGateway, ls_project: int
+) -> None:
+    # Label Studio answers 500 when asked to order an empty project by score: no task, no order.
+    assert ls_gateway.task_ids_by_score(project_id=ls_project) == []
+    assert ls_gateway.open_task_ids_by_score(project_id=ls_project) == []
+    task_ids = ls_gateway.import_tasks(
+        project_id=ls_project, tasks=[make_task(i, score=0.1 * i) for i in range(1, 5)]
+    )
+    ls_gateway.set_model_version(project_id=ls_project, model_version="v1")
+    assert ls_gateway.open_task_ids_by_score(project_id=ls_project) == task_ids
+    ls_gateway.create_annotation(task_id=task_ids[0], choice="hole")
+    ls_gateway.create_annotation(task_id=task_ids[2], choice=None, was_cancelled=True)
+    assert ls_gateway.open_task_ids_by_score(project_id=ls_project) == [task_ids[1], task_ids[3]]
+
+
+def test_annotations_can_be_made_for_a_user_of_their_own_created_once(
+    ls_gateway: LabelStudioGateway, ls_project: int
+) -> None:
+    email = f"someone-{random.randrange(10**9)}@defectloop.invalid"
+    user_id = ls_gateway.ensure_user(email=email, first_name="Some", last_name="One")
+    assert ls_gateway.ensure_user(email=email.upper()) == user_id
+    assert ls_gateway.user_email(user_id=user_id) == email
+    (task_id,) = ls_gateway.import_tasks(project_id=ls_project, tasks=[make_task(1, score=0.5)])
+    mine = ls_gateway.create_annotation(task_id=task_id, choice="hole")
+    theirs = ls_gateway.create_annotation(task_id=task_id, choice="ok", completed_by=user_id)
+    by_id = {int(a["id"]): a for a, _ in ls_gateway.list_annotations(project_id=ls_project)}
+    assert by_id[theirs]["completed_by"] == user_id
+    assert by_id[mine]["completed_by"] != user_id
+
+
 def test_the_queue_puts_the_most_informative_task_first(
     ls_gateway: LabelStudioGateway, ls_project: int
 ) -> None:

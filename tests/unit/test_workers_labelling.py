@@ -21,6 +21,7 @@ from db import repositories as repo
 from db.migrate import upgrade
 from db.schema import (
     Annotation,
+    AnnotationOrigin,
     ImageStatus,
     LabelTask,
     LabelTaskStatus,
@@ -31,7 +32,7 @@ from db.schema import (
 )
 from db.session import create_engine_for, make_session_factory
 from labelling.errors import LabelStudioUnavailableError
-from labelling.names import FROM_NAME, IMAGE_ID_KEY, IMAGE_NAME
+from labelling.names import FROM_NAME, IMAGE_ID_KEY, IMAGE_NAME, SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent
 from tests.db_helpers import new_image, new_model_version
 from workers import labelling
@@ -286,6 +287,42 @@ def test_skips_are_kept_as_cancelled_and_unknown_tasks_are_ignored(sessions: ses
     with sessions() as session:
         rows = session.scalars(select(Annotation)).all()
         assert [(a.ls_annotation_id, a.was_cancelled, a.label) for a in rows] == [(601, True, None)]
+
+
+def test_the_simulated_annotators_labels_are_simulated_and_everyone_elses_come_from_label_studio(
+    sessions: sessionmaker[Session],
+) -> None:
+    _pool(sessions, n=3)
+    pushed = sorted(_push(sessions, RecordingSink(), k=3).pushed.values())
+    when = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    events = [
+        _event(AnnotationAction.CREATED, 701, pushed[0], "hole", annotator=SIMULATED_ANNOTATOR),
+        _event(AnnotationAction.CREATED, 702, pushed[1], "hole"),  # a person, by e-mail
+        # A webhook whose annotator Label Studio could not name: its user id, until reconciliation says.
+        _event(AnnotationAction.CREATED, 703, pushed[2], "ok", annotator="2"),
+    ]
+    with sessions.begin() as session:
+        assert labelling.record_annotation_events(session=session, events=events).created == 3
+    later = _event(
+        AnnotationAction.UPDATED, 703, pushed[2], "ok", annotator=SIMULATED_ANNOTATOR, annotated_at=when
+    )
+    with sessions.begin() as session:
+        assert labelling.record_annotation_events(session=session, events=[later, events[0]]).as_dict() == {
+            "created": 0,
+            "updated": 1,
+            "unchanged": 1,
+            "deleted": 0,
+            "unknown": 0,
+        }
+    with sessions() as session:
+        rows = session.scalars(select(Annotation).order_by(Annotation.ls_annotation_id)).all()
+        assert [(a.ls_annotation_id, a.origin, a.annotator) for a in rows] == [
+            (701, AnnotationOrigin.SIMULATED, SIMULATED_ANNOTATOR),
+            (702, AnnotationOrigin.LABEL_STUDIO, "ann@factory.example"),
+            (703, AnnotationOrigin.SIMULATED, SIMULATED_ANNOTATOR),
+        ]
+    assert labelling.annotation_origin(SIMULATED_ANNOTATOR.upper()) is AnnotationOrigin.SIMULATED
+    assert labelling.annotation_origin(None) is AnnotationOrigin.LABEL_STUDIO
 
 
 @dataclass
