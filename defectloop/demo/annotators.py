@@ -20,6 +20,7 @@ from db import repositories as repo
 from db.session import session_scope
 from defectloop.errors import DefectloopError
 from defectloop.settings import Settings, Strategy
+from labelling.names import SIMULATED_ANNOTATOR  # the same annotator with or without Label Studio
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ __all__ = ["SIMULATED_ANNOTATOR", "Annotator", "DirectAnnotator", "Truth"]
 
 Truth = Callable[[int], str]  # image id -> ground-truth label (one of settings.classes)
 
-SIMULATED_ANNOTATOR = "simulated-annotator"
 _DIRECT_PROJECT = 0  # no Label Studio project: no label task is ever planned under it
 _NEEDS_EMBEDDINGS = frozenset({Strategy.KCENTER, Strategy.HYBRID})
 

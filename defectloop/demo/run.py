@@ -641,14 +641,8 @@ class DemoRunner:
 
         assert self.sessions is not None
         if labelling_config(settings) is not None:
-            try:
-                from defectloop.demo.label_studio import LabelStudioAnnotator  # type: ignore[import-not-found,unused-ignore]
-            except ModuleNotFoundError as exc:  # a build without it: say so rather than half-run
-                raise DefectloopError(
-                    "Label Studio is configured (DEFECTLOOP_LABEL_STUDIO_API_KEY, DEFECTLOOP_WEBHOOK_SECRET) "
-                    "but this build has no Label Studio annotator for the demo; unset them to use the direct "
-                    "one"
-                ) from exc
+            # Imported here: the direct path needs neither the SDK nor the gateway.
+            from defectloop.demo.label_studio import LabelStudioAnnotator
 
             annotator: Annotator = LabelStudioAnnotator(
                 settings=settings, sessions=self.sessions, truth=truth
