@@ -307,6 +307,7 @@ class DemoRunner:
                 f"--fresh would delete {db_file}, which the demo did not create; run the demo in a data dir "
                 "of its own: DEFECTLOOP_DATA_DIR=/some/empty/dir defectloop demo"
             )
+        self._refuse_a_kept_label_studio_project(settings)
         import shutil
 
         for name in (
@@ -322,6 +323,25 @@ class DemoRunner:
         for folder in ("artifacts", "heatmaps", "demo"):
             shutil.rmtree(data / folder, ignore_errors=True)
         self.console.print(f"--fresh: the demo's database, models and photos under {data} were removed")
+
+    @staticmethod
+    def _refuse_a_kept_label_studio_project(settings: Settings) -> None:
+        """A new database beside the old run's Label Studio project would let reconciliation attach that
+        run's annotations to the new images that reuse its ids: the project must go first."""
+        from defectloop.app import label_studio_gateway, labelling_config
+
+        if labelling_config(settings) is None:
+            return
+        title = settings.label_studio_project_title
+        with label_studio_gateway(settings) as gateway:
+            kept = gateway.project_ids(title=title)
+        if kept:
+            raise DefectloopError(
+                f"--fresh starts a new database, but the Label Studio project {title!r} (id "
+                f"{', '.join(map(str, kept))}) still holds the previous run's tasks and annotations; delete "
+                "it in Label Studio, or set DEFECTLOOP_LABEL_STUDIO_PROJECT_TITLE to a new title, and run "
+                "again"
+            )
 
     def run(self) -> DemoResult:
         from db.migrate import upgrade

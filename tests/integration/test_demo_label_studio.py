@@ -15,6 +15,8 @@ from sqlalchemy import select
 
 from db.schema import Annotation, AnnotationOrigin
 from defectloop.demo.label_studio import AnnotatorTimeoutError, LabelStudioAnnotator
+from defectloop.demo.run import DemoRunner
+from defectloop.errors import DefectloopError
 from defectloop.settings import DEFAULT_CLASSES, Settings
 from labelling.devserver import LabelStudioServer
 from labelling.names import SIMULATED_ANNOTATOR
@@ -156,3 +158,16 @@ def test_what_the_loop_does_not_record_in_time_is_named(
         lambda: bool(recorded(deployment, [task.image_id])),
     )
     assert len(recorded(deployment, [task.image_id])) == 1
+
+
+def test_fresh_refuses_while_the_previous_runs_label_studio_project_is_kept(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    settings = settings_of(deployment, monkeypatch)
+    assert deployment.project_id  # the deployment's project exists, with its tasks
+
+    with pytest.raises(DefectloopError, match=rf"project {settings.label_studio_project_title!r} \(id "):
+        DemoRunner._refuse_a_kept_label_studio_project(settings)
+
+    monkeypatch.setenv("DEFECTLOOP_LABEL_STUDIO_PROJECT_TITLE", unique_project_title(request) + " new")
+    DemoRunner._refuse_a_kept_label_studio_project(Settings())  # no such project: a fresh run may start
