@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event as sqlalchemy_event
@@ -422,6 +422,33 @@ def publish_classification(app: Any, image_ids: Iterable[int], *, retry: bool = 
     )
 
 
+def warm_champions_on_start(runtime: Any) -> None:
+    """Load the champions in the background as soon as the process that will run the tasks exists
+    (``worker_process_init``: the solo worker itself, or each prefork child after its fork), so a worker
+    started after a crash has them, or nearly, by its first batch rather than loading them then. The
+    first batch waits on the same cache lock, so nothing loads twice; a failure is only logged (that
+    batch loads them, and says why it cannot)."""
+
+    def warm() -> None:
+        started = time.monotonic()
+        try:
+            champions = runtime.champions.refresh(runtime.sessions)
+        except Exception:
+            logger.warning("could not load the champions at start; the first batch will", exc_info=True)
+            return
+        names = [c.version.name for c in (champions.binary, champions.multiclass) if c is not None]
+        logger.info(
+            "champions warmed at start in %.1f s: %s",
+            time.monotonic() - started,
+            ", ".join(names) or "none yet",
+        )
+
+    def start_warming(**_: Any) -> None:
+        threading.Thread(target=warm, name="warm-champions", daemon=True).start()
+
+    worker_process_init.connect(start_warming, weak=False)
+
+
 def run_worker(
     app: Any,
     *,
@@ -460,6 +487,8 @@ def run_worker(
             purge_delivered_messages(runtime.config.broker_url)
         except Exception:  # upkeep only: the worker starts even when it fails
             logger.warning("could not purge the embedded broker's delivered messages", exc_info=True)
+        if Queue.INFERENCE in queues:
+            warm_champions_on_start(runtime)
     code = app.worker_main(argv=argv)
     return int(code or 0)
 

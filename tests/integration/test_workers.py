@@ -168,6 +168,21 @@ def test_a_new_worker_publishes_again_at_once_what_a_killed_one_held(loop: Loop)
     assert f"re-published {len(held)} orphaned image(s)" in loop.log(1), loop.log(1)[-3000:]
 
 
+def test_an_inference_worker_loads_the_champions_as_it_starts_not_at_its_first_batch(loop: Loop) -> None:
+    """A worker started after a crash has its champions (or is loading them) before a message arrives;
+    one that takes no photos (the trainer) loads nothing."""
+    loop.register(ModelTask.BINARY, seed=1)
+    trainer = loop.start("worker", "--queues", "training", "--inference-backend", "eager")
+    loop.start_worker()
+    loop.wait_for("the worker to warm its champions", lambda: "champions warmed at start" in loop.log(1))
+    warmed = next(line for line in loop.log(1).splitlines() if "champions warmed at start" in line)
+    assert "binary-baseline_cnn-0001" in warmed
+    assert "Task defectloop.classify_images[" not in loop.log(1)  # no message was ever sent
+    loop.wait_for("the trainer to be ready", lambda: " ready." in loop.log(0))
+    assert trainer.poll() is None
+    assert "champions warmed" not in loop.log(0)
+
+
 def vm_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{key}:"):
