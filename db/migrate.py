@@ -12,7 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from db.session import create_engine_for, normalize_url, render_url
+from db.errors import DatabaseNotMigratedError
+from db.session import check_connection, create_engine_for, normalize_url, render_url
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +83,26 @@ def head_revision() -> str:
 def known_revisions() -> set[str]:
     """Every revision in this code's migration history."""
     return {script.revision for script in _script_directory().walk_revisions()}
+
+
+def assert_migrated(engine: Engine) -> None:
+    """Refuse to go on unless the database schema is at the revision this code needs.
+
+    Raises `DatabaseUnavailableError` when it cannot connect and `DatabaseNotMigratedError` (saying
+    which command to run) when the schema is behind, or at a revision this code does not know.
+    """
+    check_connection(engine)
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    where = render_url(engine.url)
+    if current is not None and current not in known_revisions():
+        raise DatabaseNotMigratedError(
+            f"database {where} is at revision {current}, which this code does not know (it needs {head}); "
+            "run a newer version of defectloop, or downgrade the database with the version that migrated it"
+        )
+    raise DatabaseNotMigratedError(
+        f"database {where} is not migrated (at revision {current or '<none>'}, the code needs {head}); "
+        "run `defectloop db upgrade`"
+    )

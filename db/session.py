@@ -1,4 +1,7 @@
-"""Engines, sessions and the start-up checks (reachable, migrated) for SQLite and PostgreSQL."""
+"""Engines, sessions and the reachability check for SQLite and PostgreSQL.
+
+The schema check (`assert_migrated`) lives in `db.migrate`, which builds on this module.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from db.errors import DatabaseNotMigratedError, DatabaseUnavailableError
+from db.errors import DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -133,29 +136,3 @@ def check_connection(engine: Engine) -> None:
             "check that the server is running and that the database URL is right "
             "(the application reads it from DEFECTLOOP_DATABASE_URL)"
         ) from None
-
-
-def assert_migrated(engine: Engine) -> None:
-    """Refuse to go on unless the database schema is at the revision this code needs.
-
-    Raises `DatabaseUnavailableError` when it cannot connect and `DatabaseNotMigratedError` (saying
-    which command to run) when the schema is behind, or at a revision this code does not know.
-    """
-    # Imported here: db.migrate builds engines with this module, so a top-level import would be a cycle.
-    from db.migrate import current_revision, head_revision, known_revisions
-
-    check_connection(engine)
-    current = current_revision(engine)
-    head = head_revision()
-    if current == head:
-        return
-    where = render_url(engine.url)
-    if current is not None and current not in known_revisions():
-        raise DatabaseNotMigratedError(
-            f"database {where} is at revision {current}, which this code does not know (it needs {head}); "
-            "run a newer version of defectloop, or downgrade the database with the version that migrated it"
-        )
-    raise DatabaseNotMigratedError(
-        f"database {where} is not migrated (at revision {current or '<none>'}, the code needs {head}); "
-        "run `defectloop db upgrade`"
-    )

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
+from db.migrate import assert_migrated
+from db.session import check_connection, create_engine_for, make_session_factory
 from defectloop.errors import DefectloopError
 from defectloop.settings import Settings, Strategy
 from workers.celery_app import WorkerConfig, create_app

@@ -34,11 +34,10 @@ from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import DatabaseUnavailableError
-from db.session import assert_migrated, check_connection, create_engine_for, make_session_factory
+from db.migrate import assert_migrated
+from db.session import check_connection, create_engine_for, make_session_factory
 from workers import classification
 from workers.claims import Claimant, republish_orphaned_claims
 from workers.labelling_tasks import LabellingConfig, register_labelling_tasks, request_labelling_push
@@ -50,6 +49,7 @@ from workers.queues import (
     purge_delivered_messages,
 )
 from workers.retraining_tasks import RetrainingConfig, register_retraining_tasks
+from workers.transient import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ TASK_QUEUES: dict[str, Queue] = {
     SWEEP_TASK: Queue.MAINTENANCE,
     PURGE_TASK: Queue.MAINTENANCE,
 }
-# Worth retrying: the database is unreachable or (SQLite) locked longer than the busy timeout.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (DatabaseUnavailableError, OperationalError)
 POOLS = ("solo", "prefork", "threads")
 
 

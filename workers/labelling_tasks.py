@@ -24,6 +24,7 @@ from labelling.errors import LabellingError, LabelStudioUnavailableError
 from labelling.payloads import AnnotationEvent
 from workers import labelling
 from workers.queues import Queue, idempotent_task_options
+from workers.transient import TRANSIENT_ERRORS
 
 if TYPE_CHECKING:
     from labelling.gateway import LabelStudioGateway
@@ -180,8 +181,6 @@ class _LabellingRuntime:
 
 def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequence[str], base: Any) -> None:
     """Add the labelling tasks, their routes and beat entries to ``app`` (see the module docstring)."""
-    from workers.celery_app import TRANSIENT_ERRORS
-
     runtime = _LabellingRuntime(config, classes, base)
     app.defectloop_labelling = runtime
     retry_on: tuple[type[Exception], ...] = (LabelStudioUnavailableError, *TRANSIENT_ERRORS)

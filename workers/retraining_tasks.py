@@ -27,6 +27,7 @@ from db import repositories as repo
 from db.session import session_scope
 from workers import retrain_policy
 from workers.queues import Queue, idempotent_task_options
+from workers.transient import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ def register_retraining_tasks(
     publish_rescore: Callable[[list[int]], None],
 ) -> None:
     """Add the retraining tasks, their routes and the policy's beat entry to ``app``."""
-    from workers.celery_app import TRANSIENT_ERRORS
-
     routes = dict(app.conf.task_routes or {})
     routes.update({name: {"queue": queue.value} for name, queue in RETRAINING_TASK_QUEUES.items()})
     schedule = dict(app.conf.beat_schedule or {})

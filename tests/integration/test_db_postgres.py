@@ -13,9 +13,9 @@ from sqlalchemy import CheckConstraint, inspect
 from sqlalchemy.engine import make_url
 
 from db.errors import DatabaseNotMigratedError
-from db.migrate import current_revision, downgrade, head_revision, upgrade
+from db.migrate import assert_migrated, current_revision, downgrade, head_revision, upgrade
 from db.schema import Base
-from db.session import assert_migrated, create_engine_for
+from db.session import create_engine_for
 from tests.db_helpers import POSTGRES_URL_VARIABLE, schema_differences, temporary_postgres_database
 
 pytestmark = pytest.mark.integration

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import sqlite
 from db.errors import DatabaseNotMigratedError
 from db.migrate import (
     MIGRATIONS_DIR,
+    assert_migrated,
     current_revision,
     downgrade,
     head_revision,
@@ -20,7 +21,7 @@ from db.migrate import (
     upgrade,
 )
 from db.schema import Base
-from db.session import assert_migrated, create_engine_for
+from db.session import create_engine_for
 from tests.db_helpers import schema_differences
 
 

@@ -11,10 +11,9 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import DatabaseUnavailableError
-from db.migrate import upgrade
+from db.migrate import assert_migrated, upgrade
 from db.schema import Source, SourceKind
 from db.session import (
-    assert_migrated,
     check_connection,
     create_engine_for,
     make_session_factory,
