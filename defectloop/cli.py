@@ -718,7 +718,7 @@ def retrain(
     try:
         from db.schema import ModelTask
         from models.data import InputSpec
-        from workers.retraining import compare_challengers, retrain_challengers
+        from workers.retraining import compare_new_challengers, retrain_challengers
 
         tasks = [ModelTask(t.value) for t in (task or list(TaskName))]
         report = retrain_challengers(
@@ -771,19 +771,14 @@ def retrain(
             )
         changes = []
         if compare:
-            promote = settings.auto_promote if auto_promote is None else auto_promote
-            for model_task in tasks:
-                names = [o.version_name for o in report.trained if o.task is model_task and not o.is_champion]
-                if not names:
-                    continue
-                comparison = compare_challengers(
-                    sessions=database.sessions,
-                    task=model_task,
-                    challengers=names,
-                    policy=_policy(settings),
-                    auto_promote=promote,
-                    actor=f"policy (retrain by {who})",
-                )
+            for comparison in compare_new_challengers(
+                sessions=database.sessions,
+                report=report,
+                tasks=tasks,
+                policy=_policy(settings),
+                auto_promote=settings.auto_promote if auto_promote is None else auto_promote,
+                actor=f"policy (retrain by {who})",
+            ):
                 _print_comparison(comparison)
                 if comparison.change is not None:
                     changes.append(comparison.change)

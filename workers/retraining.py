@@ -62,6 +62,7 @@ __all__ = [
     "EvaluationSetsReport",
     "RetrainReport",
     "compare_challengers",
+    "compare_new_challengers",
     "evaluation_set_name",
     "held_out_image_ids",
     "promote_version",
@@ -742,6 +743,34 @@ def reject_version(
         )
 
 
+def compare_new_challengers(
+    *,
+    sessions: sessionmaker[Session],
+    report: RetrainReport,
+    tasks: Sequence[ModelTask],
+    policy: PromotionPolicy,
+    auto_promote: bool,
+    actor: str,
+) -> list[ComparisonReport]:
+    """After a retrain: each task's new challengers against its champion (a first champion has nothing
+    to meet), promoting by ``policy`` when ``auto_promote``. One comparison per task that has any."""
+    comparisons = []
+    for task in tasks:
+        names = [o.version_name for o in report.trained if o.task is task and not o.is_champion]
+        if names:
+            comparisons.append(
+                compare_challengers(
+                    sessions=sessions,
+                    task=task,
+                    challengers=names,
+                    policy=policy,
+                    auto_promote=auto_promote,
+                    actor=actor,
+                )
+            )
+    return comparisons
+
+
 def run_requested_retrain(
     *,
     sessions: sessionmaker[Session],
@@ -779,23 +808,19 @@ def run_requested_retrain(
         )
         comparisons: list[dict[str, Any]] = []
         requeued: list[int] = []
-        for task in ModelTask:
-            names = [o.version_name for o in report.trained if o.task is task and not o.is_champion]
-            if not names:
-                continue
-            comparison = compare_challengers(
-                sessions=sessions,
-                task=task,
-                challengers=names,
-                policy=plan.policy,
-                auto_promote=plan.auto_promote,
-                actor=POLICY_ACTOR,
-            )
+        for comparison in compare_new_challengers(
+            sessions=sessions,
+            report=report,
+            tasks=tuple(ModelTask),
+            policy=plan.policy,
+            auto_promote=plan.auto_promote,
+            actor=POLICY_ACTOR,
+        ):
             if comparison.change is not None:
                 requeued.extend(comparison.change.requeued_image_ids)
             comparisons.append(
                 {
-                    "task": str(task),
+                    "task": str(comparison.task),
                     "champion": None if comparison.champion is None else comparison.champion.name,
                     "n_images": comparison.n_images,
                     "decisions": {r.version.name: r.decision.reason for r in comparison.challengers},
