@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, Update, insert
+from sqlalchemy import Table, Update, insert, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +56,24 @@ def _integrity(message: str) -> Iterator[None]:
         raise IntegrityViolation(
             f"{message}; the transaction must be rolled back (database said: {type(exc.orig).__name__})"
         ) from exc
+
+
+def _insert_or_get(
+    session: Session, model: type[_Row], values: Mapping[str, Any], conflict_columns: Sequence[str]
+) -> tuple[_Row, bool]:
+    """Insert a row unless one with the same `conflict_columns` exists (`_insert_ignore`); returns
+    ``(row, created)``, the row being the stored one whichever process inserted it."""
+    created = _insert_ignore(session, model, values, conflict_columns)
+    key = [getattr(model, column) == values[column] for column in conflict_columns]
+    return session.scalars(select(model).where(*key)).one(), created
+
+
+def _add_row(session: Session, row: _Row, message: str) -> _Row:
+    """Add a new row and flush it; a database rule it breaks raises `IntegrityViolation` with `message`."""
+    session.add(row)
+    with _integrity(message):
+        session.flush()
+    return row
 
 
 def _get(session: Session, model: type[_Row], row_id: int, what: str) -> _Row:

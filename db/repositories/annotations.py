@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.errors import IntegrityViolation
-from db.repositories._common import _insert_ignore, _integrity, _update_rows
+from db.repositories._common import _add_row, _insert_or_get, _integrity, _update_rows
 from db.schema import Annotation, AnnotationOrigin, Image, ImageStatus, utcnow
 
 
@@ -69,9 +69,11 @@ def record_annotation(
         if existing is not None:
             return existing, RecordOutcome.UNCHANGED
         annotation = Annotation(image_id=image_id, origin=origin, annotated_at=when, **fields)
-        session.add(annotation)
-        with _integrity(f"annotation of image {image_id} could not be recorded (does the image exist?)"):
-            session.flush()
+        _add_row(
+            session,
+            annotation,
+            f"annotation of image {image_id} could not be recorded (does the image exist?)",
+        )
         return annotation, RecordOutcome.CREATED
 
     values = {
@@ -81,10 +83,7 @@ def record_annotation(
         "annotated_at": when,
     }
     with _integrity(f"annotation {ls_annotation_id} of image {image_id} could not be recorded"):
-        created = _insert_ignore(session, Annotation, {**values, **fields}, ["ls_annotation_id"])
-    annotation = session.scalars(
-        select(Annotation).where(Annotation.ls_annotation_id == ls_annotation_id)
-    ).one()
+        annotation, created = _insert_or_get(session, Annotation, {**values, **fields}, ["ls_annotation_id"])
     if created:
         return annotation, RecordOutcome.CREATED
     if annotation.image_id != image_id:

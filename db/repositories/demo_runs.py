@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.errors import IntegrityViolation
-from db.repositories._common import _float_dict, _get, _integrity, _require_text
+from db.repositories._common import _add_row, _float_dict, _get, _require_text
 from db.schema import DemoArm, DemoRound, DemoRun, DemoRunStatus, utcnow
 
 
@@ -17,10 +17,7 @@ def create_demo_run(*, session: Session, name: str, settings: Mapping[str, Any])
     """A running demo with its settings; a name already taken raises `IntegrityViolation`."""
     _require_text(name, "demo run name")
     run = DemoRun(name=name, settings=dict(settings), status=DemoRunStatus.RUNNING)
-    session.add(run)
-    with _integrity(f"a demo run named {name!r} exists already"):
-        session.flush()
-    return run
+    return _add_row(session, run, f"a demo run named {name!r} exists already")
 
 
 def get_demo_run(*, session: Session, run_id: int) -> DemoRun:
@@ -87,12 +84,11 @@ def record_demo_round(
         binary_version=binary_version,
         multiclass_version=multiclass_version,
     )
-    session.add(row)
-    with _integrity(
-        f"round {round_number} of the {arm.value} arm is recorded already (or the run does not exist)"
-    ):
-        session.flush()
-    return row
+    return _add_row(
+        session,
+        row,
+        f"round {round_number} of the {arm.value} arm is recorded already (or the run does not exist)",
+    )
 
 
 def list_demo_rounds(*, session: Session, run_id: int, arm: DemoArm | None = None) -> list[DemoRound]:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.errors import IntegrityViolation
-from db.repositories._common import _SHA256, _get, _insert_ignore, _integrity, _require_text
+from db.repositories._common import _SHA256, _add_row, _get, _insert_ignore, _integrity, _require_text
 from db.schema import (
     Comparison,
     ComparisonDecision,
@@ -32,10 +32,7 @@ def create_evaluation_set(
             f"evaluation set {name!r} already exists; evaluation sets are frozen, add members to it instead"
         )
     evaluation_set = EvaluationSet(name=name, task=task, rule=None if rule is None else dict(rule))
-    session.add(evaluation_set)
-    with _integrity(f"evaluation set {name!r} could not be created"):
-        session.flush()
-    return evaluation_set
+    return _add_row(session, evaluation_set, f"evaluation set {name!r} could not be created")
 
 
 def get_evaluation_set(*, session: Session, name: str) -> EvaluationSet | None:
@@ -98,10 +95,11 @@ def record_comparison(
         reason=reason,
         numbers=dict(numbers),
     )
-    session.add(comparison)
-    with _integrity("comparison could not be recorded (do the evaluation set and model versions exist?)"):
-        session.flush()
-    return comparison
+    return _add_row(
+        session,
+        comparison,
+        "comparison could not be recorded (do the evaluation set and model versions exist?)",
+    )
 
 
 def get_comparison(*, session: Session, comparison_id: int) -> Comparison:
@@ -153,10 +151,7 @@ def record_evaluation(
         n_images=n_images,
         metrics=dict(metrics),
     )
-    session.add(evaluation)
-    with _integrity("evaluation could not be recorded (does the model version exist?)"):
-        session.flush()
-    return evaluation
+    return _add_row(session, evaluation, "evaluation could not be recorded (does the model version exist?)")
 
 
 def list_evaluations(*, session: Session, model_version_id: int) -> list[ModelEvaluation]:

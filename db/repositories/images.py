@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from db.repositories._common import (
     _check_sha256,
     _get,
-    _insert_ignore,
+    _insert_or_get,
     _integrity,
     _require_text,
     _update_rows,
@@ -66,9 +66,7 @@ def add_image(
         "status": status,
     }
     with _integrity(f"image {path!r} could not be recorded (does source {source_id} exist?)"):
-        created = _insert_ignore(session, Image, values, ["sha256"])
-    image = session.scalars(select(Image).where(Image.sha256 == sha256)).one()
-    return image, created
+        return _insert_or_get(session, Image, values, ["sha256"])
 
 
 def get_image(*, session: Session, image_id: int) -> Image:
@@ -237,15 +235,8 @@ def requeue_predicted_images(*, session: Session) -> list[int]:
         update(Image)
         .where(Image.status == ImageStatus.PREDICTED)
         .values(status=ImageStatus.QUEUED, status_changed_at=now, updated_at=now)
-        .returning(Image.id)
-        .execution_options(synchronize_session=False)
     )
-    ids = sorted(session.scalars(stmt))
-    for image_id in ids:
-        held = session.identity_map.get(session.identity_key(Image, image_id))
-        if held is not None:
-            session.expire(held)
-    return ids
+    return _updated_ids(session, Image, stmt)
 
 
 def list_images_by_ids(

@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.errors import InvalidTransitionError
-from db.repositories._common import _get, _insert_ignore, _integrity, _require_text, _update_rows
+from db.repositories._common import _get, _insert_or_get, _integrity, _require_text, _update_rows
 from db.schema import Annotation, Image, ImageStatus, LabelTask, LabelTaskStatus, Prediction, utcnow
 
 
@@ -36,11 +36,7 @@ def add_label_task(
         "status": LabelTaskStatus.PENDING,
     }
     with _integrity(f"label task for image {image_id} could not be recorded (does the image exist?)"):
-        created = _insert_ignore(session, LabelTask, values, ["image_id", "ls_project_id"])
-    task = session.scalars(
-        select(LabelTask).where(LabelTask.image_id == image_id, LabelTask.ls_project_id == ls_project_id)
-    ).one()
-    return task, created
+        return _insert_or_get(session, LabelTask, values, ["image_id", "ls_project_id"])
 
 
 def get_label_task(*, session: Session, label_task_id: int) -> LabelTask:

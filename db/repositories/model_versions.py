@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.errors import IntegrityViolation, InvalidTransitionError, NotFoundError
-from db.repositories._common import _check_sha256, _get, _integrity, _require_text
+from db.repositories._common import _add_row, _check_sha256, _get, _integrity, _require_text
 from db.repositories.predictions import make_model_key
 from db.schema import ModelStatus, ModelTask, ModelVersion, Promotion, PromotionAction
 
@@ -75,9 +75,7 @@ def register_model_version(
         parent_id=parent_id,
         training_run_id=training_run_id,
     )
-    session.add(version)
-    with _integrity(f"model version {name!r} could not be registered"):
-        session.flush()
+    _add_row(session, version, f"model version {name!r} could not be registered")
     if get_champion(session=session, task=task) is None:
         set_champion(
             session=session,
@@ -171,18 +169,16 @@ def set_champion(
             current.status = ModelStatus.RETIRED
             session.flush()  # the one-champion index must see the old one leave before the new one comes
         version.status = ModelStatus.CHAMPION
-        promotion = Promotion(
-            task=version.task,
-            action=action,
+        promotion = _add_promotion(
+            session,
+            version,
+            action,
             from_version_id=None if current is None else current.id,
-            to_version_id=version.id,
             actor=actor,
             reason=reason,
-            numbers=dict(numbers or {}),
+            numbers=numbers,
             comparison_id=comparison_id,
         )
-        session.add(promotion)
-        session.flush()
     logger.info(
         "champion changed",
         extra={"task": str(version.task), "version": version.name, "action": str(action), "actor": actor},
@@ -208,10 +204,34 @@ def reject_model_version(
             "(or roll back to an earlier one) before rejecting it"
         )
     version.status = ModelStatus.REJECTED
+    return _add_promotion(
+        session,
+        version,
+        PromotionAction.REJECT,
+        from_version_id=None,
+        actor=actor,
+        reason=reason,
+        numbers=numbers,
+        comparison_id=comparison_id,
+    )
+
+
+def _add_promotion(
+    session: Session,
+    version: ModelVersion,
+    action: PromotionAction,
+    *,
+    from_version_id: int | None,
+    actor: str,
+    reason: str,
+    numbers: Mapping[str, Any] | None,
+    comparison_id: int | None,
+) -> Promotion:
+    """Add and flush the audit row of `action` on `version` (who, why, the numbers behind it)."""
     promotion = Promotion(
         task=version.task,
-        action=PromotionAction.REJECT,
-        from_version_id=None,
+        action=action,
+        from_version_id=from_version_id,
         to_version_id=version.id,
         actor=actor,
         reason=reason,

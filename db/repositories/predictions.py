@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.repositories._common import _float_dict, _insert_ignore, _integrity
+from db.repositories._common import _float_dict, _insert_or_get, _integrity
 from db.schema import Image, ImageStatus, Prediction
 
 
@@ -49,11 +49,7 @@ def add_prediction(
         "uncertainty": _float_dict(uncertainty, "uncertainty"),
     }
     with _integrity(f"prediction for image {image_id} by {model_key} could not be recorded"):
-        created = _insert_ignore(session, Prediction, values, ["image_id", "model_key"])
-    prediction = session.scalars(
-        select(Prediction).where(Prediction.image_id == image_id, Prediction.model_key == model_key)
-    ).one()
-    return prediction, created
+        return _insert_or_get(session, Prediction, values, ["image_id", "model_key"])
 
 
 def latest_prediction(*, session: Session, image_id: int, model_key: str | None = None) -> Prediction | None:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.errors import IntegrityViolation
-from db.repositories._common import _check_sha256, _insert_ignore, _integrity, _require_text
+from db.repositories._common import _check_sha256, _insert_or_get, _integrity, _require_text
 from db.schema import Image, ImageStatus, Source, SourceKind
 
 logger = logging.getLogger(__name__)
@@ -22,8 +22,7 @@ def get_or_create_source(*, session: Session, name: str, kind: SourceKind, path:
 
     Raises `IntegrityViolation` if the name exists with another kind.
     """
-    _insert_ignore(session, Source, {"name": name, "kind": kind, "path": path}, ["name"])
-    source = session.scalars(select(Source).where(Source.name == name)).one()
+    source, _ = _insert_or_get(session, Source, {"name": name, "kind": kind, "path": path}, ["name"])
     if source.kind != kind:
         raise IntegrityViolation(
             f"source {name!r} already exists with kind {source.kind}, not {kind}; use another source name"
@@ -65,15 +64,14 @@ def quarantine_file(
     if sha256 is not None:
         _check_sha256(sha256)
         values["sha256"] = sha256
-        key_column, key = "sha256", sha256
+        key_column = "sha256"
     else:
         if size_bytes is None or mtime_ns is None:
             raise ValueError("a file without sha256 needs size_bytes and mtime_ns to be recognised again")
-        key_column, key = "file_key", file_key_for(path, size_bytes, mtime_ns)
-        values["file_key"] = key
+        key_column = "file_key"
+        values["file_key"] = file_key_for(path, size_bytes, mtime_ns)
     with _integrity(f"quarantined file {path!r} could not be recorded (does source {source_id} exist?)"):
-        created = _insert_ignore(session, Image, values, [key_column])
-    image = session.scalars(select(Image).where(getattr(Image, key_column) == key)).one()
+        image, created = _insert_or_get(session, Image, values, [key_column])
     if created:
         logger.info("file quarantined", extra={"image_id": image.id, "reason": reason})
     return image, created
