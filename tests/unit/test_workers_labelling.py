@@ -619,13 +619,18 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
     assert "token-0123" not in repr(config)
     assert config.media_url("image", 5).startswith("http://127.0.0.1:8000/media/image/5?sig=")
     with pytest.raises(ValueError, match="DEFECTLOOP_LABEL_STUDIO_API_KEY"):
-        LabellingConfig(
-            label_studio_url="http://x",
-            api_key="",
-            project_title="p",
-            public_url="http://y",
-            media_secret="m",
-        )
+        _labelling_config(api_key="")
+
+
+def _labelling_config(**overrides: Any) -> LabellingConfig:
+    values = {
+        "label_studio_url": "http://x",
+        "api_key": "k",
+        "project_title": "p",
+        "public_url": "http://y",
+        "media_secret": "m",
+    }
+    return LabellingConfig(**{**values, **overrides})
 
 
 def test_beat_tops_the_open_tasks_up_to_the_queue_target_and_an_explicit_k_pushes_k(
@@ -724,26 +729,11 @@ def test_workers_ask_the_registry_what_each_strategy_needs(
     # /predict ranks stored predictions: strategies needing embeddings, and random, show entropy instead.
     shown = strategy if strategy in {"least_confidence", "margin", "entropy", "bald"} else "entropy"
     assert handlers._strategy == shown
-    config = LabellingConfig(
-        label_studio_url="http://x",
-        api_key="k",
-        project_title="p",
-        public_url="http://y",
-        media_secret="m",
-        strategy=strategy,
-    )
-    assert config.strategy == strategy
+    assert _labelling_config(strategy=strategy).strategy == strategy
 
 
 def test_an_unknown_strategy_is_refused_with_the_valid_names(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(ValueError, match="valid strategies: random, least_confidence"):
-        LabellingConfig(
-            label_studio_url="http://x",
-            api_key="k",
-            project_title="p",
-            public_url="http://y",
-            media_secret="m",
-            strategy="uncertainty",
-        )
+        _labelling_config(strategy="uncertainty")
     with pytest.raises(ValueError, match="valid strategies"):
         labelling.choose_candidates([object()], strategy="uncertainty", k=1, classes=CLASSES)  # type: ignore[list-item]
