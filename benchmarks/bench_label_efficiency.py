@@ -95,7 +95,7 @@ from torch.utils.data import DataLoader, Subset
 from models.data import BINARY_CLASSES, ImageDataset, InputSpec, class_weights, group_kfold
 from models.infer import Predictor
 from models.registry import create_model
-from models.selection import select
+from models.selection import select, strategy_spec
 
 NAME = "label_efficiency"
 SCRIPT = "benchmarks/bench_label_efficiency.py"
@@ -319,38 +319,35 @@ def choose(
     rng: np.random.Generator,
 ) -> tuple[IntArray, dict[str, Any]]:
     """The next ``k`` pool tiles to label by ``strategy``, scored by the current model."""
+    spec = strategy_spec(strategy)
     unlabelled = np.setdiff1d(bench.pool, labelled)
     info: dict[str, Any] = {}
-    if strategy == "random":
-        picks = select("random", k, probs=np.full((len(unlabelled), 2), 0.5), seed=int(rng.integers(2**31)))
+    if not spec.model_scored:  # random: no model to run, the inputs only fix N
+        picks = select(spec.name, k, probs=np.full((len(unlabelled), 2), 0.5), seed=int(rng.integers(2**31)))
         return unlabelled[list(picks.indices)], info
     candidates = unlabelled
     if schedule.max_candidates is not None and len(unlabelled) > schedule.max_candidates:
         candidates = np.sort(rng.choice(unlabelled, schedule.max_candidates, replace=False))
     info["candidates"] = len(candidates)
-    mc_passes = bench.recipe.mc_passes if strategy == "bald" else 0
+    mc_passes = bench.recipe.mc_passes if spec.needs_mc_passes else 0
     torch.manual_seed(int(rng.integers(2**31)))  # MC-dropout masks
     pred = predictor(model, bench, mc_passes)
     probs, embeddings, mc = predict(pred, bench, candidates)
-    if strategy == "entropy":
-        chosen = select("entropy", k, probs=probs)
+    # mc is None unless the spec needs MC passes, so hybrid ranks by entropy here, as it always has.
+    labelled_embeddings = predict(pred, bench, labelled)[1] if spec.needs_embeddings else None
+    chosen = select(
+        spec.name,
+        k,
+        probs=probs,
+        mc_probs=mc,
+        embeddings=embeddings,
+        labelled_embeddings=labelled_embeddings,
+        hybrid_pool_factor=bench.recipe.hybrid_pool_factor,
+    )
+    if spec.name == "entropy":  # how much the other one-pass scores would have picked the same tiles
         same = set(chosen.indices)
         for other in ("margin", "least_confidence"):
             info[f"overlap_with_{other}"] = len(same & set(select(other, k, probs=probs).indices)) / max(k, 1)
-    elif strategy == "bald":
-        chosen = select("bald", k, mc_probs=mc)
-    elif strategy == "hybrid":
-        _, labelled_embeddings, _ = predict(pred, bench, labelled)
-        chosen = select(
-            "hybrid",
-            k,
-            probs=probs,
-            embeddings=embeddings,
-            labelled_embeddings=labelled_embeddings,
-            hybrid_pool_factor=bench.recipe.hybrid_pool_factor,
-        )
-    else:
-        chosen = select(strategy, k, probs=probs, mc_probs=mc, embeddings=embeddings)
     return candidates[list(chosen.indices)], info
 
 

@@ -81,6 +81,7 @@ from defectloop.synth import DEFAULT_CLASSES, render_sample
 from models.data import InputSpec, load_image
 from models.infer import Predictor
 from models.registry import create_model
+from models.selection import DEFAULT_STRATEGY, strategy_spec
 from models.train import load_checkpoint, save_checkpoint
 
 NAME = "pipeline"
@@ -88,9 +89,11 @@ DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
 SPEC = InputSpec(image_size=128, channels=3)
 CHAMPIONS = {ModelTask.BINARY: "resnet18", ModelTask.MULTICLASS: "improved_cnn"}
 BATCH = 16  # DEFECTLOOP_INFERENCE_BATCH_SIZE's default
-MC_PASSES_FOR_BALD = 8  # DEFECTLOOP_MC_DROPOUT_PASSES's default; workers run them only for strategy bald
+MC_PASSES_FOR_BALD = (
+    8  # DEFECTLOOP_MC_DROPOUT_PASSES's default; workers run them only when the strategy needs them
+)
 MC_PASSES = 0  # set from --strategy in main()
-STRATEGY = "entropy"
+STRATEGY = DEFAULT_STRATEGY
 STABLE_S: float | None = None  # DEFECTLOOP_INGEST_STABLE_SECONDS; None: the setting's default (1 s)
 TARGET_RATIO = 0.9
 TARGET_P95_S = {"embedded": 0.5, "redis": 1.0}
@@ -677,7 +680,7 @@ def main() -> None:
     parser.add_argument(
         "--strategy",
         choices=["entropy", "bald"],
-        default="entropy",
+        default=DEFAULT_STRATEGY,
         help=f"the workers' DEFECTLOOP_STRATEGY: bald makes them run {MC_PASSES_FOR_BALD} MC-dropout passes",
     )
     parser.add_argument(
@@ -693,7 +696,7 @@ def main() -> None:
     args = parser.parse_args()
     global MC_PASSES, STRATEGY, STABLE_S
     STRATEGY = args.strategy
-    MC_PASSES = MC_PASSES_FOR_BALD if STRATEGY == "bald" else 0
+    MC_PASSES = MC_PASSES_FOR_BALD if strategy_spec(STRATEGY).needs_mc_passes else 0
     STABLE_S = args.stable_seconds
     if args.latency_only and args.out == RESULTS_DIR / f"{NAME}.json":
         args.out = RESULTS_DIR / f"{NAME}_latency.json"

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import assert_migrated
 from db.session import check_connection, create_engine_for, make_session_factory
 from defectloop.errors import DefectloopError
-from defectloop.settings import Settings, Strategy
+from defectloop.settings import Settings
+from models.selection import strategy_spec
 from workers.celery_app import WorkerConfig, create_app
 from workers.ingest import IngestConfig
 from workers.labelling_tasks import LabellingConfig
@@ -69,9 +70,9 @@ def worker_config(settings: Settings, **overrides: Any) -> WorkerConfig:
         "classes": settings.classes,
         "inference_batch_size": settings.inference_batch_size,
         "inference_batch_timeout_ms": settings.inference_batch_timeout_ms,
-        # MC-dropout passes only pay for BALD: with any other strategy they would multiply the cost of
-        # the layers after the dropout for scores nobody reads.
-        "mc_passes": settings.mc_dropout_passes if settings.strategy is Strategy.BALD else 0,
+        # MC-dropout passes only pay for a strategy that needs them (BALD): with any other they would
+        # multiply the cost of the layers after the dropout for scores nobody reads.
+        "mc_passes": settings.mc_dropout_passes if strategy_spec(settings.strategy).needs_mc_passes else 0,
         "labelling": labelling_config(settings),
         "retraining": retraining_config(settings),
     }
@@ -166,7 +167,7 @@ def labelling_config(settings: Settings, *, required: bool = False) -> Labelling
         project_title=settings.label_studio_project_title,
         public_url=settings.public_url,
         media_secret=media_secret(settings),
-        strategy=settings.strategy.value,
+        strategy=settings.strategy,
         batch_size=settings.labelling_batch_size,
         queue_target=settings.labelling_queue_target,
         push_interval_s=settings.labelling_push_interval_s,
@@ -198,7 +199,7 @@ def create_http_app(settings: Settings, database: Database, celery_app: Any) -> 
         sessions=database.sessions,
         publish_events=lambda events: publish_annotation_events(celery_app, events),
         classes=settings.classes,
-        strategy=settings.strategy.value,
+        strategy=settings.strategy,
         heatmaps_dir=config.heatmaps_dir,
         score=celery_app.defectloop_labelling.scorer(),
         publish_retrain=lambda: publish_retrain(celery_app),

@@ -12,14 +12,22 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from defectloop.errors import SettingsError
+from models.selection import DEFAULT_STRATEGY, STRATEGIES, strategy_spec
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +57,16 @@ _FOREIGN_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_")
 _CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
-class Strategy(StrEnum):
-    """Active-learning selection strategies (implemented in ``models.selection``)."""
+def _known_strategy(name: str) -> str:
+    return strategy_spec(name).name  # an unknown name raises, listing the valid ones
 
-    RANDOM = "random"
-    LEAST_CONFIDENCE = "least_confidence"
-    MARGIN = "margin"
-    ENTROPY = "entropy"
-    BALD = "bald"
-    KCENTER = "kcenter"
-    HYBRID = "hybrid"
+
+Strategy = Annotated[
+    str,
+    AfterValidator(_known_strategy),
+    WithJsonSchema({"type": "string", "enum": list(STRATEGIES)}),
+]
+"""A name of ``models.selection.STRATEGIES``, the one registry of active-learning selection strategies."""
 
 
 def _split_csv(value: object) -> object:
@@ -141,7 +149,7 @@ class Settings(BaseSettings):
     image_size: int = Field(default=128, ge=16, le=1024, description="Square input size in pixels.")
     image_channels: int = Field(default=3, description="1 = grayscale, 3 = RGB model input.")
 
-    strategy: Strategy = Field(default=Strategy.ENTROPY, description="Active-learning selection strategy.")
+    strategy: Strategy = Field(default=DEFAULT_STRATEGY, description="Active-learning selection strategy.")
     labelling_batch_size: int = Field(default=20, ge=1, le=10_000)
     inference_batch_size: int = Field(default=16, ge=1, le=1024)
     inference_batch_timeout_ms: int = Field(default=200, ge=0, le=60_000)

@@ -19,6 +19,10 @@ class UnknownArchitectureError(ModelError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownStrategyError(ModelError, ValueError):
+    """A selection strategy name that is not in ``models.selection.STRATEGIES``."""
+
+
 class WeightsError(ModelError, ValueError):
     """A weights file that cannot be read, or whose tensors do not fit the architecture."""
 

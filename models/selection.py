@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from models.errors import UnknownStrategyError
+
 __all__ = [
+    "DEFAULT_STRATEGY",
+    "INPUTS",
     "STRATEGIES",
+    "Candidates",
+    "Input",
     "Selection",
     "StrategySpec",
     "bald",
@@ -28,6 +34,7 @@ __all__ = [
     "least_confidence",
     "margin",
     "select",
+    "strategy_spec",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -283,79 +290,7 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
 
 
-# ------------------------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class StrategySpec:
-    """What a strategy needs and which way its scores point."""
-
-    name: str
-    required: frozenset[str]
-    """Inputs that must all be given."""
-    one_of: frozenset[str]
-    """At least one of these inputs must be given (empty: no such constraint)."""
-    direction: str
-    description: str
-
-
-_PROBS = frozenset({"probs", "mc_probs"})
-
-STRATEGIES: dict[str, StrategySpec] = {
-    spec.name: spec
-    for spec in (
-        StrategySpec(
-            "random",
-            frozenset(),
-            frozenset({"probs", "mc_probs", "embeddings"}),
-            "no direction: the score is a seeded uniform random key",
-            "uniform random sample (the control arm); any input only fixes N",
-        ),
-        StrategySpec(
-            "least_confidence",
-            frozenset(),
-            _PROBS,
-            "higher = more informative (1 - max probability)",
-            "least confidence of the top class; MC passes are averaged if probs are absent",
-        ),
-        StrategySpec(
-            "margin",
-            frozenset(),
-            _PROBS,
-            "higher = more informative (1 - gap between the two most probable classes)",
-            "smallest margin between the two best classes; MC passes are averaged if probs are absent",
-        ),
-        StrategySpec(
-            "entropy",
-            frozenset(),
-            _PROBS,
-            "higher = more informative (predictive entropy, nats)",
-            "maximum predictive entropy; MC passes are averaged if probs are absent",
-        ),
-        StrategySpec(
-            "bald",
-            frozenset({"mc_probs"}),
-            frozenset(),
-            "higher = more informative (mutual information between label and weights, nats)",
-            "BALD over MC-dropout passes",
-        ),
-        StrategySpec(
-            "kcenter",
-            frozenset({"embeddings"}),
-            frozenset(),
-            "earlier = more informative (farther from everything already chosen or labelled)",
-            "k-center greedy (core-set) diversity over embeddings, seeded by labelled embeddings",
-        ),
-        StrategySpec(
-            "hybrid",
-            frozenset({"embeddings"}),
-            _PROBS,
-            "higher = more informative (uncertainty of each pick; picks are diverse)",
-            "top pool_factor*k by BALD (if MC passes are given) or entropy, then k-center greedy among them",
-        ),
-    )
-}
-
-
-# ------------------------------------------------------------------------------------------- selection
+# ---------------------------------------------------------------------------------------------- batches
 @dataclass(frozen=True)
 class Selection:
     """A batch to label, most informative first.
@@ -426,24 +361,251 @@ def _pick_ranked_with_quotas(
     return np.asarray(order[chosen[order]], dtype=np.intp)
 
 
-def _normalised(scores: FloatArray, strategy: str, n_classes: int) -> FloatArray:
-    """Map raw scores to [0, 1] by each score's own bound, so values compare across batches."""
+def _normalised(scores: FloatArray, bound: float) -> FloatArray:
+    """Map raw scores to [0, 1] by the score's own bound, so values compare across batches."""
     if scores.size == 0:
         return scores
-    if strategy == "least_confidence":
-        bound = 1.0 - 1.0 / n_classes
-    elif strategy in {"entropy", "bald"}:
-        bound = math.log(n_classes)
-    elif strategy == "kcenter":
-        # Distances have no natural scale: relative to the farthest pick of this batch.
-        bound = float(scores.max())
-    else:  # margin and random keys are already in [0, 1]
-        bound = 1.0
     if bound <= 0.0:
         return np.zeros_like(scores)
     return np.asarray(np.clip(scores / bound, 0.0, 1.0), dtype=np.float64)
 
 
+# ------------------------------------------------------------------------------------------- strategies
+@dataclass(frozen=True)
+class Candidates:
+    """One ``select`` call's inputs, validated and agreeing on N, as every strategy's ``choose`` gets them."""
+
+    n: int
+    probs: FloatArray | None
+    mc_probs: FloatArray | None
+    embeddings: FloatArray | None
+    labelled_embeddings: ArrayLike | None
+    """As given: only the strategies that use them validate them."""
+    predictive: FloatArray | None
+    """``probs``, else the mean of ``mc_probs``; None when neither is given."""
+    predicted: IntArray | None
+    n_classes: int
+    class_quotas: ClassQuotas | None
+    quotas: Mapping[int, int]
+    seed: int
+    hybrid_pool_factor: float
+
+
+Choice = tuple[IntArray, FloatArray, FloatArray]
+"""A strategy's batch: chosen indices most informative first, their raw scores, their informativeness."""
+Chooser = Callable[[Candidates, int], Choice]
+
+
+def _ranked_by(score: Callable[[Candidates], FloatArray], bound: Callable[[int], float]) -> Chooser:
+    """A chooser taking the ``k`` best by ``score`` (quotas first), normalised by ``bound(n_classes)``."""
+
+    def choose(candidates: Candidates, k: int) -> Choice:
+        scores = score(candidates)
+        chosen = _pick_ranked_with_quotas(_descending(scores), candidates.predicted, candidates.quotas, k)
+        chosen = _descending(scores, chosen)
+        return chosen, scores[chosen], _normalised(scores[chosen], bound(candidates.n_classes))
+
+    return choose
+
+
+def _unit_bound(n_classes: int) -> float:
+    return 1.0
+
+
+def _log_bound(n_classes: int) -> float:
+    return math.log(n_classes)
+
+
+def _least_confidence_bound(n_classes: int) -> float:
+    return 1.0 - 1.0 / n_classes
+
+
+def _predictive(candidates: Candidates) -> FloatArray:
+    assert candidates.predictive is not None  # guaranteed by the spec's inputs
+    return candidates.predictive
+
+
+def _mc_probs(candidates: Candidates) -> FloatArray:
+    assert candidates.mc_probs is not None  # guaranteed by the spec's inputs
+    return candidates.mc_probs
+
+
+def _embeddings(candidates: Candidates) -> tuple[FloatArray, FloatArray | None]:
+    assert candidates.embeddings is not None  # guaranteed by the spec's inputs
+    emb = candidates.embeddings
+    return emb, _as_labelled(candidates.labelled_embeddings, emb.shape[1])
+
+
+def _choose_kcenter(candidates: Candidates, k: int) -> Choice:
+    emb, labelled = _embeddings(candidates)
+    picks, dists = _farthest_first(
+        emb,
+        k,
+        labelled=labelled,
+        choose_first=_farthest_from_centroid(emb),
+        predicted=candidates.predicted,
+        quotas=candidates.quotas,
+    )
+    order = np.argsort(-dists, kind="stable")
+    chosen, chosen_scores = picks[order], dists[order]
+    # Distances have no natural scale: relative to the farthest pick of this batch.
+    bound = float(chosen_scores.max()) if chosen_scores.size else 0.0
+    return chosen, chosen_scores, _normalised(chosen_scores, bound)
+
+
+def _choose_hybrid(candidates: Candidates, k: int) -> Choice:
+    emb, labelled = _embeddings(candidates)
+    pool_factor = candidates.hybrid_pool_factor
+    if not (math.isfinite(pool_factor) and pool_factor >= 1.0):
+        raise ValueError(f"hybrid_pool_factor must be a finite number >= 1, got {pool_factor}")
+    # BALD when MC passes exist: it targets model uncertainty, which diversity then spreads out.
+    if candidates.mc_probs is not None:
+        uncertainty = bald(candidates.mc_probs)
+    else:
+        assert candidates.probs is not None  # guaranteed by the spec's inputs
+        uncertainty = entropy(candidates.probs)
+    predicted, n_classes = candidates.predicted, candidates.n_classes
+    pool_size = min(emb.shape[0], max(k, math.ceil(pool_factor * k)))
+    order = _descending(uncertainty)
+    pool_quotas = (
+        _quota_counts(predicted, pool_size, n_classes, candidates.class_quotas)
+        if predicted is not None
+        else {}
+    )
+    pool = np.sort(_pick_ranked_with_quotas(order, predicted, pool_quotas, pool_size))
+    pool_uncertainty = uncertainty[pool]
+    pool_order = np.argsort(-pool_uncertainty, kind="stable")
+
+    def most_uncertain(eligible: BoolArray) -> int:
+        return int(pool_order[eligible[pool_order]][0])
+
+    local, _ = _farthest_first(
+        emb[pool],
+        k,
+        labelled=labelled,
+        choose_first=most_uncertain,
+        predicted=predicted[pool] if predicted is not None else None,
+        quotas=candidates.quotas,
+    )
+    chosen = _descending(uncertainty, pool[local])
+    # Entropy and BALD share the bound log C.
+    return chosen, uncertainty[chosen], _normalised(uncertainty[chosen], _log_bound(n_classes))
+
+
+# ------------------------------------------------------------------------------------------- registry
+Input = Literal["probs", "mc_probs", "embeddings"]
+INPUTS: tuple[Input, ...] = ("probs", "mc_probs", "embeddings")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy: the inputs it needs, which way its scores point, and the function that chooses."""
+
+    name: str
+    required: frozenset[Input]
+    """Inputs that must all be given."""
+    one_of: frozenset[Input]
+    """At least one of these inputs must be given (empty: no such constraint)."""
+    direction: str
+    description: str
+    choose: Chooser = field(repr=False, compare=False)
+    """Picks up to ``k`` of the validated candidates (``select`` has already capped ``k`` at N)."""
+    model_scored: bool = True
+    """Whether the scores say something about each candidate (random's keys do not)."""
+
+    @property
+    def needs_mc_passes(self) -> bool:
+        """Whether the strategy needs MC-dropout passes (workers run them only then)."""
+        return "mc_probs" in self.required
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether the strategy needs image embeddings (stored predictions alone cannot rank for it)."""
+        return "embeddings" in self.required
+
+
+_PROBS: frozenset[Input] = frozenset({"probs", "mc_probs"})
+
+STRATEGIES: dict[str, StrategySpec] = {
+    spec.name: spec
+    for spec in (
+        StrategySpec(
+            name="random",
+            required=frozenset(),
+            one_of=frozenset(INPUTS),
+            direction="no direction: the score is a seeded uniform random key",
+            description="uniform random sample (the control arm); any input only fixes N",
+            choose=_ranked_by(lambda c: np.random.default_rng(c.seed).random(c.n), _unit_bound),
+            model_scored=False,
+        ),
+        StrategySpec(
+            name="least_confidence",
+            required=frozenset(),
+            one_of=_PROBS,
+            direction="higher = more informative (1 - max probability)",
+            description="least confidence of the top class; MC passes are averaged if probs are absent",
+            choose=_ranked_by(lambda c: least_confidence(_predictive(c)), _least_confidence_bound),
+        ),
+        StrategySpec(
+            name="margin",
+            required=frozenset(),
+            one_of=_PROBS,
+            direction="higher = more informative (1 - gap between the two most probable classes)",
+            description="smallest margin between the two best classes; MC passes are averaged if probs "
+            "are absent",
+            choose=_ranked_by(lambda c: margin(_predictive(c)), _unit_bound),
+        ),
+        StrategySpec(
+            name="entropy",
+            required=frozenset(),
+            one_of=_PROBS,
+            direction="higher = more informative (predictive entropy, nats)",
+            description="maximum predictive entropy; MC passes are averaged if probs are absent",
+            choose=_ranked_by(lambda c: entropy(_predictive(c)), _log_bound),
+        ),
+        StrategySpec(
+            name="bald",
+            required=frozenset({"mc_probs"}),
+            one_of=frozenset(),
+            direction="higher = more informative (mutual information between label and weights, nats)",
+            description="BALD over MC-dropout passes",
+            choose=_ranked_by(lambda c: bald(_mc_probs(c)), _log_bound),
+        ),
+        StrategySpec(
+            name="kcenter",
+            required=frozenset({"embeddings"}),
+            one_of=frozenset(),
+            direction="earlier = more informative (farther from everything already chosen or labelled)",
+            description="k-center greedy (core-set) diversity over embeddings, seeded by labelled embeddings",
+            choose=_choose_kcenter,
+        ),
+        StrategySpec(
+            name="hybrid",
+            required=frozenset({"embeddings"}),
+            one_of=_PROBS,
+            direction="higher = more informative (uncertainty of each pick; picks are diverse)",
+            description="top pool_factor*k by BALD (if MC passes are given) or entropy, then k-center greedy "
+            "among them",
+            choose=_choose_hybrid,
+        ),
+    )
+}
+
+DEFAULT_STRATEGY = "entropy"
+"""The strategy settings default to, and the one that ranks where the configured one cannot."""
+
+
+def strategy_spec(name: str) -> StrategySpec:
+    """The registered strategy called ``name``; an unknown name raises an error listing the valid ones."""
+    spec = STRATEGIES.get(str(name))
+    if spec is None:
+        raise UnknownStrategyError(
+            f"unknown selection strategy {name!r}; valid strategies: {', '.join(STRATEGIES)}"
+        )
+    return spec
+
+
+# ------------------------------------------------------------------------------------------- selection
 def select(
     strategy: str,
     k: int,
@@ -468,11 +630,7 @@ def select(
     ``mc_probs``) at least ``k // #predicted classes`` picks, or a mapping class index -> minimum fraction of
     k; quotas are capped by the candidates available and the rest of the batch is filled by score.
     """
-    spec = STRATEGIES.get(str(strategy))
-    if spec is None:
-        raise ValueError(
-            f"unknown selection strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
-        )
+    spec = strategy_spec(strategy)
     _check_k(k)
     given = {
         name
@@ -509,85 +667,21 @@ def select(
     predicted = predictive.argmax(axis=1).astype(np.intp) if predictive is not None else None
     quotas = _quota_counts(predicted, k, n_classes, class_quotas) if predicted is not None else {}
 
-    if spec.name in {"kcenter", "hybrid"}:
-        assert emb is not None  # guaranteed by spec.required
-        labelled = _as_labelled(labelled_embeddings, emb.shape[1])
-        if spec.name == "kcenter":
-            picks, dists = _farthest_first(
-                emb,
-                k,
-                labelled=labelled,
-                choose_first=_farthest_from_centroid(emb),
-                predicted=predicted,
-                quotas=quotas,
-            )
-            order = np.argsort(-dists, kind="stable")
-            chosen, chosen_scores = picks[order], dists[order]
-            return _selection(spec.name, chosen, chosen_scores, _normalised(chosen_scores, "kcenter", 1))
-        return _hybrid(
-            k, emb, labelled, p, mc, predicted, n_classes, class_quotas, quotas, hybrid_pool_factor
-        )
-
-    if spec.name == "random":
-        scores = np.random.default_rng(seed).random(n)
-    elif spec.name == "bald":
-        assert mc is not None
-        scores = bald(mc)
-    else:
-        assert predictive is not None
-        scores = {"least_confidence": least_confidence, "margin": margin, "entropy": entropy}[spec.name](
-            predictive
-        )
-    chosen = _pick_ranked_with_quotas(_descending(scores), predicted, quotas, k)
-    chosen = _descending(scores, chosen)
-    return _selection(spec.name, chosen, scores[chosen], _normalised(scores[chosen], spec.name, n_classes))
-
-
-def _hybrid(
-    k: int,
-    emb: FloatArray,
-    labelled: FloatArray | None,
-    p: FloatArray | None,
-    mc: FloatArray | None,
-    predicted: IntArray | None,
-    n_classes: int,
-    class_quotas: ClassQuotas | None,
-    quotas: Mapping[int, int],
-    pool_factor: float,
-) -> Selection:
-    if not (math.isfinite(pool_factor) and pool_factor >= 1.0):
-        raise ValueError(f"hybrid_pool_factor must be a finite number >= 1, got {pool_factor}")
-    # BALD when MC passes exist: it targets model uncertainty, which diversity then spreads out.
-    if mc is not None:
-        name, uncertainty = "bald", bald(mc)
-    else:
-        assert p is not None
-        name, uncertainty = "entropy", entropy(p)
-    n = emb.shape[0]
-    pool_size = min(n, max(k, math.ceil(pool_factor * k)))
-    order = _descending(uncertainty)
-    pool_quotas = (
-        _quota_counts(predicted, pool_size, n_classes, class_quotas) if predicted is not None else {}
-    )
-    pool = np.sort(_pick_ranked_with_quotas(order, predicted, pool_quotas, pool_size))
-    pool_uncertainty = uncertainty[pool]
-    pool_order = np.argsort(-pool_uncertainty, kind="stable")
-
-    def most_uncertain(eligible: BoolArray) -> int:
-        return int(pool_order[eligible[pool_order]][0])
-
-    local, _ = _farthest_first(
-        emb[pool],
-        k,
-        labelled=labelled,
-        choose_first=most_uncertain,
-        predicted=predicted[pool] if predicted is not None else None,
+    candidates = Candidates(
+        n=n,
+        probs=p,
+        mc_probs=mc,
+        embeddings=emb,
+        labelled_embeddings=labelled_embeddings,
+        predictive=predictive,
+        predicted=predicted,
+        n_classes=n_classes,
+        class_quotas=class_quotas,
         quotas=quotas,
+        seed=seed,
+        hybrid_pool_factor=hybrid_pool_factor,
     )
-    chosen = _descending(uncertainty, pool[local])
-    return _selection(
-        "hybrid", chosen, uncertainty[chosen], _normalised(uncertainty[chosen], name, n_classes)
-    )
+    return _selection(spec.name, *spec.choose(candidates, k))
 
 
 def _selection(

@@ -21,6 +21,7 @@ from db.schema import ImageStatus, ModelTask, TrainingTrigger
 from db.session import session_scope
 from labelling.names import IMAGE_ID_KEY
 from labelling.payloads import AnnotationEvent, TaskPrediction, ml_predict_results
+from models.selection import DEFAULT_STRATEGY, strategy_spec
 from workers.labelling import choose_candidates, current_model_key, label_studio_version
 from workers.retrain_policy import request_retrain
 
@@ -49,9 +50,10 @@ class LabellingHandlers:
         self._publish_retrain = publish_retrain
         self._publish = publish_events
         self._classes = tuple(classes)
-        self._strategy = (
-            strategy if strategy in {"least_confidence", "margin", "entropy", "bald"} else "entropy"
-        )
+        spec = strategy_spec(strategy)
+        # /predict shows informativeness from stored predictions: a strategy that needs embeddings, or
+        # whose scores say nothing about an image (random), is shown by the default ranking instead.
+        self._strategy = spec.name if spec.model_scored and not spec.needs_embeddings else DEFAULT_STRATEGY
         self._heatmaps_dir = heatmaps_dir
         self._score = score
         self._lock = threading.Lock()

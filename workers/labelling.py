@@ -41,6 +41,7 @@ from db.session import session_scope
 from labelling.errors import PayloadError
 from labelling.names import IMAGE_ID_KEY, SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent, parse_annotation
+from models.selection import DEFAULT_STRATEGY, select, strategy_spec
 from workers.errors import WorkerError
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ __all__ = [
 # Reconciliation re-reads a little before its cursor: Label Studio stamps updated_at before its
 # transaction commits, so an annotation can become visible with a time slightly behind the cursor.
 RECONCILE_OVERLAP = timedelta(minutes=2)
-EMBEDDING_STRATEGIES = frozenset({"kcenter", "hybrid"})
 
 Embedder = Callable[[Sequence[tuple[int, str]]], npt.NDArray[np.float32]]
 """Penultimate embeddings (N, D) of the given (image id, path) pairs, in order (for kcenter / hybrid)."""
@@ -158,28 +158,28 @@ def choose_candidates(
 ) -> list[tuple[Prediction, float]]:
     """The ``k`` most informative predictions by ``strategy``, most informative first, with informativeness.
 
-    Works on the stored predictions: probabilities for random / least_confidence / margin / entropy,
-    the stored BALD score (computed by the classifier from its MC-dropout passes) for bald, and
-    embeddings from ``embed`` for kcenter / hybrid.
+    Works on the stored predictions: probabilities for the strategies that rank them, the stored score
+    (computed by the classifier from its MC-dropout passes) for one that needs MC passes (bald), and
+    embeddings from ``embed`` for one that needs embeddings (kcenter / hybrid).
     """
-    from models.selection import select
-
     if not predictions or k <= 0:
         return []
-    if strategy == "bald":
-        if any("bald" not in p.uncertainty for p in predictions):
+    spec = strategy_spec(strategy)
+    if spec.needs_mc_passes:
+        # The classifier stores the score of its MC-dropout passes under the strategy's name.
+        if any(spec.name not in p.uncertainty for p in predictions):
             raise LabellingConfigError(
-                "strategy bald needs predictions made with MC-dropout passes (workers run them only "
-                "while DEFECTLOOP_STRATEGY=bald, with DEFECTLOOP_MC_DROPOUT_PASSES >= 2, and only for a "
-                "champion with dropout, not baseline_cnn); images predicted before have none: choose "
-                "another DEFECTLOOP_STRATEGY for them"
+                f"strategy {spec.name} needs predictions made with MC-dropout passes (workers run them "
+                f"only while DEFECTLOOP_STRATEGY={spec.name}, with DEFECTLOOP_MC_DROPOUT_PASSES >= 2, and "
+                "only for a champion with dropout, not baseline_cnn); images predicted before have none: "
+                "choose another DEFECTLOOP_STRATEGY for them"
             )
-        scores = np.array([float(p.uncertainty["bald"]) for p in predictions])
+        scores = np.array([float(p.uncertainty[spec.name]) for p in predictions])
         order = sorted(range(len(predictions)), key=lambda i: (-scores[i], predictions[i].image_id))[:k]
         bound = float(np.log(len(classes)))
         return [(predictions[i], float(np.clip(scores[i] / bound, 0.0, 1.0))) for i in order]
     embeddings = None
-    if strategy in EMBEDDING_STRATEGIES:
+    if spec.needs_embeddings:
         if embed is None or paths is None:
             raise LabellingConfigError(f"strategy {strategy} needs image embeddings; none are available here")
         embeddings = embed([(p.image_id, paths[p.image_id]) for p in predictions])
@@ -243,7 +243,7 @@ def plan_labelling_batch(
         session=session, model_key=model_key, ls_project_id=ls_project_id, limit=pool_limit
     )
     paths = None
-    if strategy in EMBEDDING_STRATEGIES:
+    if strategy_spec(strategy).needs_embeddings:
         paths = {
             image.id: image.path
             for image in repo.list_images_by_ids(session=session, image_ids=[p.image_id for p in pool])
@@ -546,7 +546,7 @@ def refresh_labelling_predictions(
             prediction = repo.latest_prediction(session=session, image_id=task.image_id, model_key=model_key)
             if prediction is not None:
                 rows.append((task, prediction))
-        rank_by = strategy if strategy not in EMBEDDING_STRATEGIES else "entropy"
+        rank_by = DEFAULT_STRATEGY if strategy_spec(strategy).needs_embeddings else strategy
         ranked = choose_candidates([p for _, p in rows], strategy=rank_by, k=len(rows), classes=classes)
         info = {p.image_id: value for p, value in ranked}
         shown_version = label_studio_version(session, model_key)

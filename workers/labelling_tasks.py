@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from db.session import session_scope
 from labelling.errors import LabellingError, LabelStudioUnavailableError
 from labelling.payloads import AnnotationEvent
+from models.selection import DEFAULT_STRATEGY, strategy_spec
 from workers import labelling
 from workers.queues import Queue, idempotent_task_options
 from workers.transient import TRANSIENT_ERRORS
@@ -64,7 +65,7 @@ class LabellingConfig:
     project_title: str
     public_url: str
     media_secret: str = field(repr=False)
-    strategy: str = "entropy"
+    strategy: str = DEFAULT_STRATEGY
     batch_size: int = 20
     queue_target: int = 40
     push_interval_s: float = 30.0
@@ -77,6 +78,7 @@ class LabellingConfig:
             raise ValueError("the Label Studio API key is empty: set DEFECTLOOP_LABEL_STUDIO_API_KEY")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        strategy_spec(self.strategy)  # an unknown name fails here, listing the valid ones
 
     def media_url(self, kind: str, image_id: int) -> str:
         from labelling.media import media_url
@@ -215,7 +217,7 @@ def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequ
             classes=runtime.classes,
             score=runtime.scorer(),
         )
-        embed = runtime.embedder() if config.strategy in labelling.EMBEDDING_STRATEGIES else None
+        embed = runtime.embedder() if strategy_spec(config.strategy).needs_embeddings else None
         report = labelling.push_labelling_batch(
             sessions=runtime.sessions,
             sink=sink,

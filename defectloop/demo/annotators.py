@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import repositories as repo
 from db.session import session_scope
 from defectloop.errors import DefectloopError
-from defectloop.settings import Settings, Strategy
+from defectloop.settings import Settings
 from labelling.names import SIMULATED_ANNOTATOR  # the same annotator with or without Label Studio
+from models.selection import STRATEGIES, strategy_spec
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ __all__ = ["SIMULATED_ANNOTATOR", "Annotator", "DirectAnnotator", "Truth"]
 Truth = Callable[[int], str]  # image id -> ground-truth label (one of settings.classes)
 
 _DIRECT_PROJECT = 0  # no Label Studio project: no label task is ever planned under it
-_NEEDS_EMBEDDINGS = frozenset({Strategy.KCENTER, Strategy.HYBRID})
 
 
 class Annotator(Protocol):
@@ -47,11 +47,11 @@ class DirectAnnotator:
     ranking (``rank``) and recording (``label``)."""
 
     def __init__(self, *, sessions: sessionmaker[Session], settings: Settings, truth: Truth) -> None:
-        if settings.strategy in _NEEDS_EMBEDDINGS:
+        if strategy_spec(settings.strategy).needs_embeddings:
+            *others, last = (name for name, spec in STRATEGIES.items() if not spec.needs_embeddings)
             raise DefectloopError(
                 f"the demo's direct annotator ranks stored predictions; strategy {settings.strategy} needs "
-                "image embeddings: set DEFECTLOOP_STRATEGY to entropy, margin, least_confidence, bald or "
-                "random"
+                f"image embeddings: set DEFECTLOOP_STRATEGY to {', '.join(others)} or {last}"
             )
         self._sessions = sessions
         self._settings = settings
@@ -72,7 +72,7 @@ class DirectAnnotator:
                 session=session, model_key=model_key, ls_project_id=_DIRECT_PROJECT
             )
             chosen = choose_candidates(
-                pool, strategy=self._settings.strategy.value, k=size, classes=self._settings.classes
+                pool, strategy=self._settings.strategy, k=size, classes=self._settings.classes
             )
             ids = list(dict.fromkeys(prediction.image_id for prediction, _ in chosen))
         ranked = time.perf_counter()

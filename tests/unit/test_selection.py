@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.typing import NDArray
 
+from models.errors import UnknownStrategyError
 from models.selection import (
+    INPUTS,
     STRATEGIES,
     Selection,
+    StrategySpec,
     bald,
     combine_binary_multiclass,
     entropy,
@@ -23,6 +26,7 @@ from models.selection import (
     least_confidence,
     margin,
     select,
+    strategy_spec,
 )
 
 HAND_PROBS = [[0.5, 0.5], [0.9, 0.1], [0.7, 0.3]]
@@ -221,6 +225,39 @@ def test_registry_names_and_directions() -> None:
     for spec in STRATEGIES.values():
         assert spec.direction
         assert spec.required <= {"probs", "mc_probs", "embeddings"}
+
+
+def test_strategy_spec_looks_names_up_and_rejects_unknown_ones() -> None:
+    for name, spec in STRATEGIES.items():
+        assert strategy_spec(name) is spec
+    with pytest.raises(UnknownStrategyError, match="valid strategies: random, least_confidence"):
+        strategy_spec("uncertainty")
+
+
+def _minimal_inputs(spec: StrategySpec, pool: dict[str, NDArray[np.float64]]) -> dict[str, object]:
+    """Exactly what the spec declares it needs: its required inputs and one of its alternatives."""
+    names = set(spec.required) | ({min(spec.one_of)} if spec.one_of else set())
+    return {name: pool[name] for name in names}
+
+
+@pytest.mark.parametrize("spec", list(STRATEGIES.values()), ids=list(STRATEGIES))
+def test_every_registered_strategy_is_dispatchable_with_the_inputs_it_declares(spec: StrategySpec) -> None:
+    rng = np.random.default_rng(3)
+    mc = _normalise_rows(rng.random((4, 9, 3)))
+    pool = {"probs": mc.mean(axis=0), "mc_probs": mc, "embeddings": rng.normal(size=(9, 2))}
+    assert spec.required <= set(INPUTS)
+    assert spec.one_of <= set(INPUTS)
+    assert spec.needs_mc_passes == ("mc_probs" in spec.required)
+    assert spec.needs_embeddings == ("embeddings" in spec.required)
+    sel = select(spec.name, 4, **_minimal_inputs(spec, pool))  # type: ignore[arg-type]
+    assert sel.strategy == spec.name
+    _check_selection(sel, 9, 4)
+    # With every input given, the spec's own chooser still answers (unused inputs are ignored).
+    assert len(select(spec.name, 4, **pool)) == 4
+    # Leaving out what it requires names the missing input.
+    for needed in spec.required:
+        with pytest.raises(ValueError, match=f"needs {needed}"):
+            select(spec.name, 4, **{k: v for k, v in pool.items() if k != needed})  # type: ignore[arg-type]
 
 
 def test_missing_or_inconsistent_inputs_raise() -> None:

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from defectloop.errors import SettingsError
-from defectloop.settings import DEFAULT_CLASSES, Settings, Strategy, load_settings, redact_url
+from defectloop.settings import DEFAULT_CLASSES, Settings, load_settings, redact_url
+from models.selection import DEFAULT_STRATEGY, STRATEGIES
 
 
 def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
@@ -21,6 +22,17 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     assert settings.good_class == "ok"
     assert "ok" not in settings.defect_classes
     assert settings.label_studio_api_key is None
+
+
+def test_strategy_accepts_exactly_the_registry_names() -> None:
+    assert load_settings({}).strategy == DEFAULT_STRATEGY
+    for name in STRATEGIES:
+        assert load_settings({"DEFECTLOOP_STRATEGY": name}).strategy == name
+    for bad in ("uncertainty", "Entropy", "k-center", "entropy "):
+        with pytest.raises(SettingsError, match="DEFECTLOOP_STRATEGY: unknown selection strategy") as caught:
+            load_settings({"DEFECTLOOP_STRATEGY": bad})
+        assert f"valid strategies: {', '.join(STRATEGIES)}" in str(caught.value)
+    assert Settings.model_json_schema()["properties"]["strategy"]["enum"] == list(STRATEGIES)
 
 
 def test_relative_data_dir_is_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,7 +84,7 @@ def test_values_come_from_the_process_environment(monkeypatch: pytest.MonkeyPatc
     settings = load_settings()
     assert settings.classes == ("ok", "hole", "raw_edge")
     assert settings.image_channels == 1
-    assert settings.strategy is Strategy.MARGIN
+    assert settings.strategy == "margin"
     assert settings.broker_url == "redis://127.0.0.1:6379/3"
     assert settings.log_level == "DEBUG"
     assert not settings.embedded
@@ -88,7 +100,7 @@ def test_empty_variable_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("DEFECTLOOP_IMAGE_SIZE", "5", "greater than or equal to 16"),
         ("DEFECTLOOP_IMAGE_CHANNELS", "2", "must be 1 (grayscale) or 3 (RGB)"),
-        ("DEFECTLOOP_STRATEGY", "smartest", "'entropy'"),
+        ("DEFECTLOOP_STRATEGY", "smartest", "valid strategies: random, least_confidence"),
         ("DEFECTLOOP_CLASSES", "ok", "at least one defect class"),
         ("DEFECTLOOP_CLASSES", "ok,Hole", "snake_case"),
         ("DEFECTLOOP_CLASSES", "ok,hole,hole", "repeated"),

@@ -34,10 +34,12 @@ from db.session import create_engine_for, make_session_factory
 from labelling.errors import LabelStudioUnavailableError
 from labelling.names import FROM_NAME, IMAGE_ID_KEY, IMAGE_NAME, SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent
+from models.selection import STRATEGIES
 from tests.db_helpers import new_image, new_model_version
 from workers import labelling
 from workers.backend import LabellingHandlers
 from workers.labelling import PushItem
+from workers.labelling_tasks import LabellingConfig
 
 CLASSES = ("ok", "hole", "raw_edge")
 
@@ -548,7 +550,7 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
     tmp_path: Path,
 ) -> None:
     from workers.celery_app import WorkerConfig, create_app
-    from workers.labelling_tasks import PUSH_TASK, RECONCILE_TASK, RECORD_TASK, LabellingConfig
+    from workers.labelling_tasks import PUSH_TASK, RECONCILE_TASK, RECORD_TASK
 
     base: dict[str, Any] = {
         "broker_url": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
@@ -617,13 +619,18 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
     assert "token-0123" not in repr(config)
     assert config.media_url("image", 5).startswith("http://127.0.0.1:8000/media/image/5?sig=")
     with pytest.raises(ValueError, match="DEFECTLOOP_LABEL_STUDIO_API_KEY"):
-        LabellingConfig(
-            label_studio_url="http://x",
-            api_key="",
-            project_title="p",
-            public_url="http://y",
-            media_secret="m",
-        )
+        _labelling_config(api_key="")
+
+
+def _labelling_config(**overrides: Any) -> LabellingConfig:
+    values = {
+        "label_studio_url": "http://x",
+        "api_key": "k",
+        "project_title": "p",
+        "public_url": "http://y",
+        "media_secret": "m",
+    }
+    return LabellingConfig(**{**values, **overrides})
 
 
 def test_beat_tops_the_open_tasks_up_to_the_queue_target_and_an_explicit_k_pushes_k(
@@ -706,3 +713,27 @@ def test_only_one_push_per_project_runs_at_a_time(sessions: sessionmaker[Session
         )
     assert len(_push(sessions, sink, k=3).pushed) == 3  # the lease was released
     assert not _push(sessions, RecordingSink(), k=3, strategy="entropy").skipped
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_workers_ask_the_registry_what_each_strategy_needs(
+    sessions: sessionmaker[Session], strategy: str
+) -> None:
+    handlers = LabellingHandlers(
+        sessions=sessions,
+        publish_events=lambda events: None,
+        classes=CLASSES,
+        strategy=strategy,
+        heatmaps_dir=None,
+    )
+    # /predict ranks stored predictions: strategies needing embeddings, and random, show entropy instead.
+    shown = strategy if strategy in {"least_confidence", "margin", "entropy", "bald"} else "entropy"
+    assert handlers._strategy == shown
+    assert _labelling_config(strategy=strategy).strategy == strategy
+
+
+def test_an_unknown_strategy_is_refused_with_the_valid_names(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(ValueError, match="valid strategies: random, least_confidence"):
+        _labelling_config(strategy="uncertainty")
+    with pytest.raises(ValueError, match="valid strategies"):
+        labelling.choose_candidates([object()], strategy="uncertainty", k=1, classes=CLASSES)  # type: ignore[list-item]
