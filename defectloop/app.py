@@ -18,9 +18,9 @@ from db.session import check_connection, create_engine_for, make_session_factory
 from defectloop.errors import DefectloopError
 from defectloop.settings import Settings
 from models.selection import strategy_spec
-from workers.celery_app import WorkerConfig, create_app
+from workers.celery_app import WorkerConfig, WorkerRuntime, create_app
 from workers.ingest import IngestConfig
-from workers.labelling_tasks import LabellingConfig
+from workers.labelling_tasks import LabellingConfig, LabellingRuntime
 from workers.retraining_tasks import RetrainingConfig
 
 if TYPE_CHECKING:
@@ -105,11 +105,33 @@ def retraining_config(settings: Settings) -> RetrainingConfig:
     )
 
 
-def create_celery_app(settings: Settings, **overrides: Any) -> Any:
-    """The Celery app of these settings (connects to nothing until used)."""
+@dataclass(frozen=True)
+class Workers:
+    """The Celery app of the settings and the per-process state its tasks use, built together here and
+    handed to whatever else needs the same state: ``run_worker``'s champion warm-up, the HTTP app's
+    on-demand scorer. Nothing in it connects or loads before first use."""
+
+    celery: Any  # celery.Celery, which ships without usable annotations
+    runtime: WorkerRuntime
+    labelling: LabellingRuntime | None  # None: Label Studio is not configured
+
+
+def create_workers(settings: Settings, **overrides: Any) -> Workers:
+    """The Celery app of these settings with its runtime (``overrides``: command-line choices)."""
     if settings.broker_url.startswith("sqla+sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return create_app(worker_config(settings, **overrides))
+    config = worker_config(settings, **overrides)
+    runtime = WorkerRuntime(config)
+    labelling = None
+    if config.labelling is not None:
+        labelling = LabellingRuntime(config.labelling, config.classes, runtime)
+    celery = create_app(config, runtime=runtime, labelling=labelling)
+    return Workers(celery=celery, runtime=runtime, labelling=labelling)
+
+
+def create_celery_app(settings: Settings, **overrides: Any) -> Any:
+    """The Celery app of these settings, for callers that only publish (connects to nothing until used)."""
+    return create_workers(settings, **overrides).celery
 
 
 def ingest_config(settings: Settings, roots: Sequence[Path], **overrides: Any) -> IngestConfig:
@@ -185,8 +207,10 @@ def label_studio_gateway(settings: Settings) -> LabelStudioGateway:
     return LabelStudioGateway(config.label_studio_url, config.api_key)
 
 
-def create_http_app(settings: Settings, database: Database, celery_app: Any) -> Any:
-    """The webhook receiver + ML backend + media app of these settings (``defectloop serve``)."""
+def create_http_app(settings: Settings, database: Database, workers: Workers) -> Any:
+    """The webhook receiver + ML backend + media app of these settings (``defectloop serve``): events and
+    retrain requests go through ``workers.celery``; an image with no stored prediction is scored on demand
+    with ``workers.labelling``'s champions."""
     from labelling.server import create_http_app as create
     from workers.backend import LabellingHandlers
     from workers.labelling_tasks import publish_annotation_events
@@ -195,13 +219,16 @@ def create_http_app(settings: Settings, database: Database, celery_app: Any) -> 
     config = labelling_config(settings, required=True)
     assert config is not None
     assert settings.webhook_secret is not None
+    if workers.labelling is None:
+        raise DefectloopError("the workers were built without Label Studio: build them from these settings")
+    celery_app = workers.celery
     handlers = LabellingHandlers(
         sessions=database.sessions,
         publish_events=lambda events: publish_annotation_events(celery_app, events),
         classes=settings.classes,
         strategy=settings.strategy,
         heatmaps_dir=config.heatmaps_dir,
-        score=celery_app.defectloop_labelling.scorer(),
+        score=workers.labelling.scorer(),
         publish_retrain=lambda: publish_retrain(celery_app),
     )
     return create(

@@ -1045,16 +1045,17 @@ def worker(
 
     names = _parse_queues(queues)
     settings = _settings(ctx)
-    from defectloop.app import create_celery_app, open_database
+    from defectloop.app import create_workers, open_database
 
     open_database(settings).dispose()  # refuse at once on an unreachable or unmigrated database
     from workers.celery_app import run_worker
 
-    celery_app = create_celery_app(
+    workers = create_workers(
         settings, inference_backend=inference_backend.value, visibility_timeout_s=visibility_timeout
     )
     code = run_worker(
-        celery_app,
+        workers.celery,
+        runtime=workers.runtime,
         queues=[Queue(name) for name in names],
         concurrency=concurrency,
         pool=pool.value,
@@ -1184,14 +1185,13 @@ def serve(
 ) -> None:
     """Run the webhook receiver, the Label Studio ML backend and the image server (SIGTERM stops it)."""
     settings = _settings(ctx)
-    from defectloop.app import create_celery_app, create_http_app, labelling_config, open_database
+    from defectloop.app import create_http_app, create_workers, labelling_config, open_database
     from labelling.server import serve_http_app
 
     labelling_config(settings, required=True)  # names a missing variable before anything starts
     database = open_database(settings)
     try:
-        celery_app = create_celery_app(settings)
-        http_app = create_http_app(settings, database, celery_app)
+        http_app = create_http_app(settings, database, create_workers(settings))
         serve_http_app(
             http_app,
             host=host or settings.http_host,

@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Protocol
@@ -166,36 +167,57 @@ def create_http_app(
     _check_secret("media_secret", media_secret)
     if isinstance(classes, str) or not classes:
         raise ValueError(f"classes must be a non-empty sequence of class names, got {classes!r}")
-    names = tuple(classes)
     expected_basic = None
     if ml_basic_auth is not None:
         user, password = ml_basic_auth
         _check_secret("ml_basic_auth password", password)
         expected_basic = base64.b64encode(f"{user}:{password}".encode())
+    routes = _Routes(
+        handlers=handlers,
+        webhook_key=webhook_key,
+        media_secret=media_secret,
+        classes=tuple(classes),
+        secret_header=secret_header,
+        expected_basic=expected_basic,
+        media_origins=frozenset(media_origins),
+    )
 
     app = FastAPI(title="defectloop", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_InternalErrorMiddleware)
+    app.post(WEBHOOK_PATH)(routes.receive_webhook)
+    app.get("/health")(routes.health)
+    app.post("/setup")(routes.setup)
+    app.post("/predict")(routes.predict)
+    app.post("/webhook")(routes.ml_webhook)
+    app.post("/train")(routes.legacy_train)
+    app.get("/versions")(routes.versions)
+    app.options("/media/{kind}/{image_id}")(routes.media_preflight)
+    app.api_route("/media/{kind}/{image_id}", methods=list(_MEDIA_METHODS))(routes.media)
+    return app
 
-    def ml_auth_refusal(request: Request) -> JSONResponse | None:
-        if expected_basic is None:
-            return None
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        given = credentials.strip().encode("latin-1", errors="replace")
-        if scheme.lower() == "basic" and hmac.compare_digest(given, expected_basic):
-            return None
-        return _detail(
-            401, "missing or wrong Basic credentials", {"WWW-Authenticate": 'Basic realm="defectloop"'}
-        )
+
+@dataclass(frozen=True)
+class _Routes:
+    """The app's route handlers over the injected ``handlers`` and the checked secrets."""
+
+    handlers: BackendHandlers
+    webhook_key: bytes
+    media_secret: str
+    classes: tuple[str, ...]
+    secret_header: str
+    expected_basic: bytes | None  # base64 of "user:password"; None: the ML-backend endpoints are open
+    media_origins: frozenset[str]
 
     # ------------------------------------------------------------------------------------ webhook
-    @app.post(WEBHOOK_PATH)
-    async def receive_webhook(request: Request) -> JSONResponse:
+    async def receive_webhook(self, request: Request) -> JSONResponse:
         # Authenticate before reading the body: an unauthenticated caller gets nothing parsed or queued.
-        given = request.headers.get(secret_header)
+        given = request.headers.get(self.secret_header)
         # Starlette decodes header bytes as latin-1; encoding back compares the bytes that were sent.
-        if given is None or not hmac.compare_digest(given.encode("latin-1", errors="replace"), webhook_key):
-            logger.warning("webhook refused: missing or wrong %s header", secret_header)
-            return _detail(401, f"missing or wrong {secret_header} header")
+        if given is None or not hmac.compare_digest(
+            given.encode("latin-1", errors="replace"), self.webhook_key
+        ):
+            logger.warning("webhook refused: missing or wrong %s header", self.secret_header)
+            return _detail(401, f"missing or wrong {self.secret_header} header")
 
         body, refusal = await _json_body(request)
         if refusal is not None:
@@ -203,41 +225,25 @@ def create_http_app(
             return refusal
         action = _shown_action(body)
         try:
-            events = parse_webhook(body, classes=names)
+            events = parse_webhook(body, classes=self.classes)
         except PayloadError as exc:
             logger.warning("webhook %s refused: %s", action, exc)
             return _detail(422, str(exc))
         if not events:
             logger.debug("webhook %s ignored: not an annotation action", action)
             return JSONResponse({"accepted": 0})
-
-        checked: set[tuple[int | None, int, int | None]] = set()
-        for event in events:
-            # Deletions carry annotation ids only; deleting an annotation we never recorded is a no-op.
-            if event.ls_task_id is None:
-                continue
-            key = (event.ls_project_id, event.ls_task_id, event.image_id)
-            if key in checked:
-                continue
-            known = await run_in_threadpool(
-                handlers.is_known_task,
-                ls_project_id=event.ls_project_id,
-                ls_task_id=event.ls_task_id,
-                image_id=event.image_id,
+        if (unknown := await self._unknown_task(events)) is not None:
+            logger.warning(
+                "webhook %s refused: task %d (project %s, image %s) was not pushed by defectloop",
+                action,
+                unknown.ls_task_id,
+                unknown.ls_project_id,
+                unknown.image_id,
             )
-            if not known:
-                logger.warning(
-                    "webhook %s refused: task %d (project %s, image %s) was not pushed by defectloop",
-                    action,
-                    event.ls_task_id,
-                    event.ls_project_id,
-                    event.image_id,
-                )
-                return _detail(422, f"unknown task {event.ls_task_id}: not pushed by defectloop")
-            checked.add(key)
+            return _detail(422, f"unknown task {unknown.ls_task_id}: not pushed by defectloop")
 
         try:
-            await run_in_threadpool(handlers.submit_events, events)
+            await run_in_threadpool(self.handlers.submit_events, events)
         except Exception as exc:
             # Label Studio never retries: the reconciliation job finds these annotations later.
             logger.error(
@@ -255,28 +261,57 @@ def create_http_app(
         )
         return JSONResponse({"accepted": len(events)})
 
+    async def _unknown_task(self, events: Sequence[AnnotationEvent]) -> AnnotationEvent | None:
+        """The first event whose task defectloop did not push (each task asked once), or None."""
+        checked: set[tuple[int | None, int, int | None]] = set()
+        for event in events:
+            # Deletions carry annotation ids only; deleting an annotation we never recorded is a no-op.
+            if event.ls_task_id is None:
+                continue
+            key = (event.ls_project_id, event.ls_task_id, event.image_id)
+            if key in checked:
+                continue
+            known = await run_in_threadpool(
+                self.handlers.is_known_task,
+                ls_project_id=event.ls_project_id,
+                ls_task_id=event.ls_task_id,
+                image_id=event.image_id,
+            )
+            if not known:
+                return event
+            checked.add(key)
+        return None
+
     # -------------------------------------------------------------------------------- ML backend
-    @app.get("/health")
-    async def health(request: Request) -> JSONResponse:
-        if (refusal := ml_auth_refusal(request)) is not None:
+    def _ml_auth_refusal(self, request: Request) -> JSONResponse | None:
+        if self.expected_basic is None:
+            return None
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        given = credentials.strip().encode("latin-1", errors="replace")
+        if scheme.lower() == "basic" and hmac.compare_digest(given, self.expected_basic):
+            return None
+        return _detail(
+            401, "missing or wrong Basic credentials", {"WWW-Authenticate": 'Basic realm="defectloop"'}
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        if (refusal := self._ml_auth_refusal(request)) is not None:
             return refusal
-        extra = await run_in_threadpool(handlers.health)
+        extra = await run_in_threadpool(self.handlers.health)
         # The protocol's own keys win over whatever the handler reports.
         return JSONResponse(
             {"status": "UP", "model_class": MODEL_CLASS}
             | {k: v for k, v in extra.items() if k not in {"status", "model_class"}}
         )
 
-    @app.post("/setup")
-    async def setup(request: Request) -> JSONResponse:
+    async def setup(self, request: Request) -> JSONResponse:
         # The body (project, label config, an API access token) is neither needed nor logged.
-        if (refusal := ml_auth_refusal(request)) is not None:
+        if (refusal := self._ml_auth_refusal(request)) is not None:
             return refusal
-        return JSONResponse({"model_version": await run_in_threadpool(handlers.model_version)})
+        return JSONResponse({"model_version": await run_in_threadpool(self.handlers.model_version)})
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        if (refusal := ml_auth_refusal(request)) is not None:
+    async def predict(self, request: Request) -> JSONResponse:
+        if (refusal := self._ml_auth_refusal(request)) is not None:
             return refusal
         body, refusal = await _json_body(request)
         if refusal is not None:
@@ -284,7 +319,7 @@ def create_http_app(
         tasks = body.get("tasks") if isinstance(body, Mapping) else None
         if not isinstance(tasks, list) or not all(isinstance(t, Mapping) for t in tasks):
             return _detail(422, "predict body must be an object whose 'tasks' is an array of task objects")
-        results = await run_in_threadpool(handlers.predict, tasks) if tasks else []
+        results = await run_in_threadpool(self.handlers.predict, tasks) if tasks else []
         if not isinstance(results, list) or len(results) != len(tasks):
             count = len(results) if isinstance(results, list) else type(results).__name__
             logger.error(
@@ -294,16 +329,15 @@ def create_http_app(
         logger.info("predict: %d tasks", len(tasks))
         return JSONResponse({"results": results})
 
-    async def train(reason: str) -> JSONResponse:
-        await run_in_threadpool(handlers.request_training, reason=reason)
+    async def _train(self, reason: str) -> JSONResponse:
+        await run_in_threadpool(self.handlers.request_training, reason=reason)
         logger.info("training requested: %s", reason)
         return JSONResponse({"status": "ok"}, status_code=201)
 
-    @app.post("/webhook")
-    async def ml_webhook(request: Request) -> JSONResponse:
+    async def ml_webhook(self, request: Request) -> JSONResponse:
         # Label Studio registers this URL for all actions when the backend is added; annotation events
         # arrive (authenticated) on WEBHOOK_PATH, so only START_TRAINING is acted on here.
-        if (refusal := ml_auth_refusal(request)) is not None:
+        if (refusal := self._ml_auth_refusal(request)) is not None:
             return refusal
         body, refusal = await _json_body(request)
         if refusal is not None:
@@ -311,46 +345,41 @@ def create_http_app(
         if not isinstance(body, Mapping):
             return _detail(422, "webhook body must be a JSON object")
         if body.get("action") == "START_TRAINING":
-            return await train(TRAINING_REASON)
+            return await self._train(TRAINING_REASON)
         logger.debug("ML-backend webhook %s ignored", _shown_action(body))
         return JSONResponse({"status": "ignored"})
 
-    @app.post("/train")
-    async def legacy_train(request: Request) -> JSONResponse:
+    async def legacy_train(self, request: Request) -> JSONResponse:
         # Label Studio posts here instead of /webhook when its START_TRAINING feature flag is off; the body
         # (every annotation, the task-data password) is not needed: training reads our database.
-        if (refusal := ml_auth_refusal(request)) is not None:
+        if (refusal := self._ml_auth_refusal(request)) is not None:
             return refusal
-        return await train("Label Studio train request")
+        return await self._train("Label Studio train request")
 
-    @app.get("/versions")
-    async def versions(request: Request) -> JSONResponse:
-        if (refusal := ml_auth_refusal(request)) is not None:
+    async def versions(self, request: Request) -> JSONResponse:
+        if (refusal := self._ml_auth_refusal(request)) is not None:
             return refusal
-        return JSONResponse({"versions": await run_in_threadpool(handlers.versions)})
+        return JSONResponse({"versions": await run_in_threadpool(self.handlers.versions)})
 
     # ------------------------------------------------------------------------------------- media
     # Label Studio's labelling screen fetches ``$image`` cross-origin from the annotator's browser: without
     # these headers (and an answer to the preflight) it shows "There was an issue loading URL" instead of
     # the photo. Only the configured Label Studio origins get them; the signature still guards each file.
-    allowed_origins = frozenset(media_origins)
-
-    def cors_headers(request: Request) -> dict[str, str]:
+    def _cors_headers(self, request: Request) -> dict[str, str]:
         origin = request.headers.get("origin")
         headers = {"Vary": "Origin"}
-        if origin is not None and origin in allowed_origins:
+        if origin is not None and origin in self.media_origins:
             headers["Access-Control-Allow-Origin"] = origin
         return headers
 
-    @app.options("/media/{kind}/{image_id}")
-    async def media_preflight(kind: str, image_id: str, request: Request) -> Response:
-        headers = cors_headers(request)
+    async def media_preflight(self, kind: str, image_id: str, request: Request) -> Response:
+        headers = self._cors_headers(request)
         wanted = request.headers.get("access-control-request-method", "GET").upper()
         if "Access-Control-Allow-Origin" not in headers or wanted not in _MEDIA_METHODS:
             logger.warning(
                 "media preflight refused: origin %r (allowed: %s), method %r",
                 request.headers.get("origin", "")[:_LOGGED_ACTION_LIMIT],
-                ", ".join(sorted(allowed_origins)) or "none",
+                ", ".join(sorted(self.media_origins)) or "none",
                 wanted[:_LOGGED_ACTION_LIMIT],
             )
             return Response(status_code=403, headers=headers)
@@ -362,16 +391,15 @@ def create_http_app(
         }
         return Response(status_code=204, headers=headers)
 
-    @app.api_route("/media/{kind}/{image_id}", methods=["GET", "HEAD"])
-    async def media(kind: str, image_id: str, request: Request) -> Response:
-        cors = cors_headers(request)
+    async def media(self, kind: str, image_id: str, request: Request) -> Response:
+        cors = self._cors_headers(request)
         if kind not in MEDIA_KINDS or not (image_id.isascii() and image_id.isdigit()):
             return _detail(404, "not found", cors)
         number = int(image_id)
-        if not verify_media(kind, number, request.query_params.get("sig"), secret=media_secret):
+        if not verify_media(kind, number, request.query_params.get("sig"), secret=self.media_secret):
             logger.warning("media %s %d refused: missing or wrong signature", kind, number)
             return _detail(403, "missing or wrong media signature", cors)
-        path = await run_in_threadpool(handlers.media_path, kind, number)
+        path = await run_in_threadpool(self.handlers.media_path, kind, number)
         stat = None if path is None else await run_in_threadpool(_regular_file_stat, Path(path))
         if path is None or stat is None:
             logger.warning("media %s %d: no file", kind, number)
@@ -385,8 +413,6 @@ def create_http_app(
             return Response(status_code=304, headers=headers)
         media_type = mimetypes.guess_type(Path(path).name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
-
-    return app
 
 
 def _regular_file_stat(path: Path) -> os.stat_result | None:

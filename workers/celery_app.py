@@ -3,8 +3,9 @@
 Tasks are thin: they parse ids, call ``workers.classification`` and leave retries to Celery, only for
 transient errors (database unreachable or locked). The idempotent tasks are ``acks_late`` with
 ``reject_on_worker_lost``: a worker killed mid-task leaves its message to be delivered again, and a
-second run is harmless. Per process, a ``_Runtime`` holds the session factory and the champion cache,
-built lazily on first use (so a prefork parent never opens a connection its children would share).
+second run is harmless. Per process, a ``WorkerRuntime`` holds the session factory and the champion cache,
+built lazily on first use (so a prefork parent never opens a connection its children would share). The
+composition root (``defectloop.app``) builds it and hands it to ``create_app`` and ``run_worker``.
 
 Brokers: Redis in production; for the embedded default kombu's SQLAlchemy transport over SQLite
 (``sqla+sqlite:///DATA_DIR/broker.db``), which needs no server, subclassed (``EmbeddedTransport``) to
@@ -40,7 +41,12 @@ from db.migrate import assert_migrated
 from db.session import check_connection, create_engine_for, make_session_factory
 from workers import classification
 from workers.claims import Claimant, republish_orphaned_claims
-from workers.labelling_tasks import LabellingConfig, register_labelling_tasks, request_labelling_push
+from workers.labelling_tasks import (
+    LabellingConfig,
+    LabellingRuntime,
+    register_labelling_tasks,
+    request_labelling_push,
+)
 from workers.queues import (
     PURGE_INTERVAL_S,
     Queue,
@@ -59,6 +65,7 @@ __all__ = [
     "SWEEP_TASK",
     "TRANSIENT_ERRORS",
     "WorkerConfig",
+    "WorkerRuntime",
     "create_app",
     "publish_classification",
     "run_beat",
@@ -170,7 +177,7 @@ class WorkerConfig:
         return self.broker_url.startswith(("redis://", "rediss://"))
 
 
-class _Runtime:
+class WorkerRuntime:
     """Per-process state of the tasks: built lazily on first use, then kept for the process's life."""
 
     def __init__(self, config: WorkerConfig) -> None:
@@ -228,12 +235,21 @@ def _parse_ids(image_ids: object) -> list[int]:
     return [int(i) for i in image_ids]
 
 
-def create_app(config: WorkerConfig) -> Any:
+def create_app(
+    config: WorkerConfig,
+    *,
+    runtime: WorkerRuntime | None = None,
+    labelling: LabellingRuntime | None = None,
+) -> Any:
     """A Celery app for ``config``: queues, routes, JSON only, late acks, prefetch 1, the tasks, beat.
 
-    Creating it connects to nothing. (Returns ``celery.Celery``; typed ``Any`` because celery ships
-    without usable annotations.)
+    The tasks use ``runtime`` and, when ``config.labelling`` is set, ``labelling`` (each built from
+    ``config`` when not given): the caller that gives them keeps them for whatever else needs the same
+    per-process state (the worker's warm-up, the HTTP app's scorer). Creating it connects to nothing.
+    (Returns ``celery.Celery``; typed ``Any`` because celery ships without usable annotations.)
     """
+    if labelling is not None and config.labelling is None:
+        raise ValueError("a labelling runtime was given but config.labelling is None: Label Studio is off")
     broker_url, transport = config.broker_url, None
     if broker_url.startswith(EMBEDDED_PREFIX):
         # kombu's SQLAlchemy transport hands every transport option to create_engine (polling_interval
@@ -278,10 +294,12 @@ def create_app(config: WorkerConfig) -> Any:
             }
         },
     )
-    runtime = _Runtime(config)
-    app.defectloop_runtime = runtime
+    if runtime is None:
+        runtime = WorkerRuntime(config)
     if config.labelling is not None:
-        register_labelling_tasks(app, config=config.labelling, classes=config.classes, base=runtime)
+        if labelling is None:
+            labelling = LabellingRuntime(config.labelling, config.classes, runtime)
+        register_labelling_tasks(app, runtime=labelling)
     if config.retraining is not None:
 
         def publish_rescore(image_ids: list[int]) -> None:
@@ -420,7 +438,7 @@ def publish_classification(app: Any, image_ids: Iterable[int], *, retry: bool = 
     )
 
 
-def warm_champions_on_start(runtime: Any) -> None:
+def warm_champions_on_start(runtime: WorkerRuntime) -> None:
     """Load the champions in the background as soon as the process that will run the tasks exists
     (``worker_process_init``: the solo worker itself, or each prefork child after its fork), so a worker
     started after a crash has them, or nearly, by its first batch rather than loading them then. The
@@ -450,6 +468,7 @@ def warm_champions_on_start(runtime: Any) -> None:
 def run_worker(
     app: Any,
     *,
+    runtime: WorkerRuntime,
     queues: Sequence[Queue],
     concurrency: int = 1,
     pool: str = "solo",
@@ -458,8 +477,9 @@ def run_worker(
 ) -> int:
     """Run a Celery worker in this process until it is stopped; its exit code.
 
-    SIGTERM is Celery's warm shutdown: the task in hand finishes (its batch is committed), unstarted
-    messages go back to the broker, and the process exits 0.
+    ``runtime`` is the one ``app``'s tasks use: with the ``inference`` queue its champions are loaded
+    as the worker process starts. SIGTERM is Celery's warm shutdown: the task in hand finishes (its batch
+    is committed), unstarted messages go back to the broker, and the process exits 0.
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -479,14 +499,12 @@ def run_worker(
         "--without-heartbeat",
     ]
     logger.info("starting worker %s on queues %s (pool %s x%d)", name, ",".join(queues), pool, concurrency)
-    runtime = getattr(app, "defectloop_runtime", None)
-    if runtime is not None:
-        try:
-            purge_delivered_messages(runtime.config.broker_url)
-        except Exception:  # upkeep only: the worker starts even when it fails
-            logger.warning("could not purge the embedded broker's delivered messages", exc_info=True)
-        if Queue.INFERENCE in queues:
-            warm_champions_on_start(runtime)
+    try:
+        purge_delivered_messages(runtime.config.broker_url)
+    except Exception:  # upkeep only: the worker starts even when it fails
+        logger.warning("could not purge the embedded broker's delivered messages", exc_info=True)
+    if Queue.INFERENCE in queues:
+        warm_champions_on_start(runtime)
     code = app.worker_main(argv=argv)
     return int(code or 0)
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from db.session import session_scope
 from labelling.errors import LabellingError, LabelStudioUnavailableError
@@ -28,7 +28,10 @@ from workers.queues import Queue, idempotent_task_options
 from workers.transient import TRANSIENT_ERRORS
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
     from labelling.gateway import LabelStudioGateway
+    from workers.classification import ChampionCache
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ __all__ = [
     "RECONCILE_TASK",
     "RECORD_TASK",
     "LabellingConfig",
+    "LabellingRuntime",
     "publish_annotation_events",
     "register_labelling_tasks",
     "request_labelling_push",
@@ -86,20 +90,31 @@ class LabellingConfig:
         return media_url(self.public_url, kind, image_id, secret=self.media_secret)
 
 
-class _LabellingRuntime:
-    """Per-process Label Studio client, project id and helpers, built on first use."""
+class SharedRuntime(Protocol):
+    """The process's session factory and champion cache (``workers.celery_app.WorkerRuntime``)."""
 
-    def __init__(self, config: LabellingConfig, classes: Sequence[str], base: Any) -> None:
+    @property
+    def sessions(self) -> sessionmaker[Session]: ...
+
+    @property
+    def champions(self) -> ChampionCache: ...
+
+
+class LabellingRuntime:
+    """Per-process Label Studio client, project id and helpers, built on first use; the sessions and
+    champions are ``base``'s, the classification tasks' own."""
+
+    def __init__(self, config: LabellingConfig, classes: Sequence[str], base: SharedRuntime) -> None:
         self.config = config
         self.classes = tuple(classes)
-        self._base = base  # workers.celery_app._Runtime: sessions and champion cache
+        self._base = base
         self._lock = threading.Lock()
         self._gateway: LabelStudioGateway | None = None
         self._project_id: int | None = None
         self._emails: dict[int, str] = {}
 
     @property
-    def sessions(self) -> Any:
+    def sessions(self) -> sessionmaker[Session]:
         return self._base.sessions
 
     @property
@@ -181,10 +196,10 @@ class _LabellingRuntime:
         return score
 
 
-def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequence[str], base: Any) -> None:
-    """Add the labelling tasks, their routes and beat entries to ``app`` (see the module docstring)."""
-    runtime = _LabellingRuntime(config, classes, base)
-    app.defectloop_labelling = runtime
+def register_labelling_tasks(app: Any, *, runtime: LabellingRuntime) -> None:
+    """Add the labelling tasks, their routes and beat entries to ``app`` (see the module docstring); the
+    tasks use ``runtime``."""
+    config = runtime.config
     retry_on: tuple[type[Exception], ...] = (LabelStudioUnavailableError, *TRANSIENT_ERRORS)
     routes = dict(app.conf.task_routes or {})
     routes.update({name: {"queue": queue.value} for name, queue in LABELLING_TASK_QUEUES.items()})

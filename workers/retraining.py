@@ -383,51 +383,53 @@ def _version(row: Any) -> _Version:
     )
 
 
-def _score(
-    version: _Version, records: Sequence[ImageRecord], labels: Sequence[int], batch_size: int
-) -> tuple[ScoredVersion, npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """The version's calls (binary: at its own threshold) and probabilities, and its evaluation."""
-    checkpoint = load_checkpoint(version.artifact_path, expected_sha256=version.artifact_sha256)
-    data = ImageDataset(records, labels, version.input_spec, augment=False, cache=False)
-    probs = predict_dataset(checkpoint.model, data, batch_size=batch_size)
-    calls = probs.argmax(axis=1)
-    if version.threshold is not None:
-        column = version.classes.index(DEFECTIVE)
-        calls = np.where(probs[:, column] >= version.threshold, column, 1 - column)
-    evaluation = classification_report(labels, calls, version.classes, probs=probs)
-    scored = ScoredVersion(
-        name=version.name,
-        version_id=version.version_id,
-        architecture=version.architecture,
-        evaluation=evaluation,
-        threshold=version.threshold,
-        held_out_respected=version.held_out_respected,
-    )
-    return scored, calls, probs
+@dataclass(frozen=True)
+class _Member:
+    image_id: int
+    path: Path
+    source_id: int
+    label: str
 
 
-def compare_challengers(
-    *,
-    sessions: sessionmaker[Session],
-    task: ModelTask,
-    challengers: Sequence[str] | None = None,
-    policy: PromotionPolicy | None = None,
-    auto_promote: bool = False,
-    batch_size: int = 64,
-    actor: str = POLICY_ACTOR,
-) -> ComparisonReport:
-    """Score the champion of ``task`` and its challengers (the named versions, or every candidate not yet
-    compared with this champion) on the task's frozen evaluation set in one run, decide for each
-    challenger and record the comparison.
-    With ``auto_promote``, the promoted-by-the-rule challenger with the best macro-F1 becomes champion.
+@dataclass(frozen=True)
+class _Contest:
+    """What one comparison reads from the database: the frozen set, its members (in image-id order,
+    those whose image row exists), the champion and the challengers to score against it."""
 
-    Members whose file is gone are left out (counted). A challenger whose classes differ from the
-    champion's cannot be compared on the same labels and is skipped with the reason. Raises
-    ``DatasetError`` when the set is missing or empty, ``NotFoundError`` for an unknown name.
-    """
-    task = ModelTask(task)
+    set_id: int
+    set_name: str
+    n_members: int
+    members: tuple[_Member, ...]
+    champion: _Version | None
+    contenders: tuple[_Version, ...]
+
+
+@dataclass(frozen=True)
+class _EvaluationImages:
+    """The members every version is scored on: file present, label one of ``classes``; ``labels`` are
+    the class indices of ``records``. ``left_out`` counts the others, by why."""
+
+    classes: tuple[str, ...]
+    records: tuple[ImageRecord, ...]
+    labels: tuple[int, ...]
+    left_out: dict[str, int]
+
+
+@dataclass(frozen=True, eq=False)
+class _Score:
+    """A version's evaluation with the calls (binary: at its own threshold) and probabilities behind it."""
+
+    version: ScoredVersion
+    calls: npt.NDArray[np.int64]
+    probs: npt.NDArray[np.float32]
+
+
+def _load_contest(
+    sessions: sessionmaker[Session], task: ModelTask, challengers: Sequence[str] | None
+) -> _Contest:
+    """Read the task's evaluation set, champion and challengers (the named versions, or every candidate
+    not yet compared with this champion) in one transaction."""
     set_name = evaluation_set_name(task)
-    policy = policy or PromotionPolicy()
     with session_scope(sessions) as session:
         evaluation_set = repo.get_evaluation_set(session=session, name=set_name)
         if evaluation_set is None:
@@ -435,13 +437,13 @@ def compare_challengers(
                 f"no evaluation set {set_name!r} yet: `defectloop retrain` creates it from the labels"
             )
         set_id = evaluation_set.id
-        members = repo.list_evaluation_members(session=session, evaluation_set_id=set_id)
-        images = {image.id: image for image in repo.list_images_by_ids(session=session, image_ids=members)}
-        member_rows = [
-            (image_id, images[image_id].path, images[image_id].source_id, label)
-            for image_id, label in sorted(members.items())
+        labels = repo.list_evaluation_members(session=session, evaluation_set_id=set_id)
+        images = {image.id: image for image in repo.list_images_by_ids(session=session, image_ids=labels)}
+        members = tuple(
+            _Member(image_id, Path(images[image_id].path), images[image_id].source_id, label)
+            for image_id, label in sorted(labels.items())
             if image_id in images
-        ]
+        )
         champion_row = repo.get_champion(session=session, task=task)
         champion = None if champion_row is None else _version(champion_row)
         if challengers is None:
@@ -467,80 +469,178 @@ def compare_challengers(
             f"no challenger for the {task} champion: every candidate has been compared with it; "
             "`defectloop retrain` trains new ones, or name versions to compare them again"
         )
+    return _Contest(
+        set_id=set_id,
+        set_name=set_name,
+        n_members=len(labels),
+        members=members,
+        champion=champion,
+        contenders=tuple(contenders),
+    )
 
-    missing = [image_id for image_id, path, _, _ in member_rows if not Path(path).is_file()]
-    rows_kept = [row for row in member_rows if Path(row[1]).is_file()]
-    classes = champion.classes if champion is not None else contenders[0].classes
-    unknown = [row for row in rows_kept if row[3] not in classes]
-    rows_kept = [row for row in rows_kept if row[3] in classes]
-    if not rows_kept:
+
+def _evaluation_images(contest: _Contest) -> _EvaluationImages:
+    """The members to score: those whose file is gone, or whose label is not one of the champion's
+    classes (or, with no champion, the first challenger's), are left out and counted."""
+    missing = [m for m in contest.members if not m.path.is_file()]
+    kept = [m for m in contest.members if m.path.is_file()]
+    classes = contest.champion.classes if contest.champion is not None else contest.contenders[0].classes
+    unknown = [m for m in kept if m.label not in classes]
+    kept = [m for m in kept if m.label in classes]
+    if not kept:
         raise DatasetError(
-            f"evaluation set {set_name!r} has no image to score ({len(members)} member(s), {len(missing)} "
-            f"with the file gone): label more images and retrain, which adds the held-out ones"
+            f"evaluation set {contest.set_name!r} has no image to score ({contest.n_members} member(s), "
+            f"{len(missing)} with the file gone): label more images and retrain, which adds the held-out ones"
         )
     if missing:
-        logger.warning("evaluation set %s: %d member(s) left out, their file is gone", set_name, len(missing))
-    records = [
-        ImageRecord(path=Path(path), label=label, group=image_group(source_id, path), image_id=image_id)
-        for image_id, path, source_id, label in rows_kept
-    ]
-    y = [classes.index(label) for *_, label in rows_kept]
-    left_out = {"file_gone": len(missing), "label_not_in_classes": len(unknown)}
-
-    skipped: dict[str, str] = {}
-    scored_champion = None
-    champion_calls = champion_probs = None
-    if champion is not None:
-        scored_champion, champion_calls, champion_probs = _score(champion, records, y, batch_size)
-    results: list[ChallengerResult] = []
-    for version in contenders:
-        if version.classes != classes:
-            skipped[version.name] = f"predicts {list(version.classes)}, the champion {list(classes)}"
-            continue
-        scored, calls, probs = _score(version, records, y, batch_size)
-        decision = decide_promotion(
-            y_true=y,
-            challenger_pred=calls,
-            champion_pred=champion_calls,
-            class_names=classes,
-            policy=policy,
-            challenger_probs=probs,
-            champion_probs=champion_probs,
+        logger.warning(
+            "evaluation set %s: %d member(s) left out, their file is gone", contest.set_name, len(missing)
         )
-        numbers = {
-            **decision.numbers,
-            "evaluation_set": set_name,
-            "left_out": left_out,
-            "challenger_threshold": version.threshold,
-            "champion_threshold": None if champion is None else champion.threshold,
-            "trained_clear_of_the_set": {
-                "challenger": version.held_out_respected,
-                "champion": None if champion is None else champion.held_out_respected,
-            },
-        }
-        with session_scope(sessions) as session:
-            comparison = repo.record_comparison(
-                session=session,
-                evaluation_set_id=set_id,
-                task=task,
-                champion_version_id=None if champion is None else champion.version_id,
-                challenger_version_id=version.version_id,
-                decision=ComparisonDecision.PROMOTE if decision.promote else ComparisonDecision.KEEP,
-                reason=decision.reason,
-                numbers=numbers,
+    return _EvaluationImages(
+        classes=classes,
+        records=tuple(
+            ImageRecord(
+                path=m.path, label=m.label, group=image_group(m.source_id, m.path), image_id=m.image_id
             )
-            comparison_id = comparison.id
-        results.append(ChallengerResult(version=scored, decision=decision, comparison_id=comparison_id))
-        logger.info(
-            "comparison %d: %s vs %s: %s",
-            comparison_id,
-            version.name,
-            "(no champion)" if champion is None else champion.name,
-            decision.reason,
-        )
+            for m in kept
+        ),
+        labels=tuple(classes.index(m.label) for m in kept),
+        left_out={"file_gone": len(missing), "label_not_in_classes": len(unknown)},
+    )
 
+
+def _score(version: _Version, images: _EvaluationImages, batch_size: int) -> _Score:
+    """The version's calls (binary: at its own threshold) and probabilities, and its evaluation."""
+    checkpoint = load_checkpoint(version.artifact_path, expected_sha256=version.artifact_sha256)
+    data = ImageDataset(images.records, images.labels, version.input_spec, augment=False, cache=False)
+    probs = predict_dataset(checkpoint.model, data, batch_size=batch_size)
+    calls = probs.argmax(axis=1)
+    if version.threshold is not None:
+        column = version.classes.index(DEFECTIVE)
+        calls = np.where(probs[:, column] >= version.threshold, column, 1 - column)
+    evaluation = classification_report(images.labels, calls, version.classes, probs=probs)
+    scored = ScoredVersion(
+        name=version.name,
+        version_id=version.version_id,
+        architecture=version.architecture,
+        evaluation=evaluation,
+        threshold=version.threshold,
+        held_out_respected=version.held_out_respected,
+    )
+    return _Score(version=scored, calls=calls, probs=probs)
+
+
+def _decide(
+    challenger: _Score, champion: _Score | None, images: _EvaluationImages, policy: PromotionPolicy
+) -> Decision:
+    """``decide_promotion`` on the two versions' calls for the same images."""
+    return decide_promotion(
+        y_true=images.labels,
+        challenger_pred=challenger.calls,
+        champion_pred=None if champion is None else champion.calls,
+        class_names=images.classes,
+        policy=policy,
+        challenger_probs=challenger.probs,
+        champion_probs=None if champion is None else champion.probs,
+    )
+
+
+def _comparison_numbers(
+    decision: Decision,
+    challenger: _Version,
+    champion: _Version | None,
+    set_name: str,
+    left_out: dict[str, int],
+) -> dict[str, Any]:
+    """The decision's numbers with what was compared: the set, who was left out, thresholds, and whether
+    each version was trained clear of the set."""
+    return {
+        **decision.numbers,
+        "evaluation_set": set_name,
+        "left_out": left_out,
+        "challenger_threshold": challenger.threshold,
+        "champion_threshold": None if champion is None else champion.threshold,
+        "trained_clear_of_the_set": {
+            "challenger": challenger.held_out_respected,
+            "champion": None if champion is None else champion.held_out_respected,
+        },
+    }
+
+
+def _record_comparison(
+    sessions: sessionmaker[Session],
+    task: ModelTask,
+    contest: _Contest,
+    challenger: _Score,
+    decision: Decision,
+    numbers: dict[str, Any],
+) -> ChallengerResult:
+    """Write the challenger's comparisons row (its own transaction) and log it."""
+    champion = contest.champion
+    with session_scope(sessions) as session:
+        comparison = repo.record_comparison(
+            session=session,
+            evaluation_set_id=contest.set_id,
+            task=task,
+            champion_version_id=None if champion is None else champion.version_id,
+            challenger_version_id=challenger.version.version_id,
+            decision=ComparisonDecision.PROMOTE if decision.promote else ComparisonDecision.KEEP,
+            reason=decision.reason,
+            numbers=numbers,
+        )
+        comparison_id = comparison.id
+    logger.info(
+        "comparison %d: %s vs %s: %s",
+        comparison_id,
+        challenger.version.name,
+        "(no champion)" if champion is None else champion.name,
+        decision.reason,
+    )
+    return ChallengerResult(version=challenger.version, decision=decision, comparison_id=comparison_id)
+
+
+def _best(results: Sequence[ChallengerResult]) -> ChallengerResult | None:
+    """Of the challengers the rule promotes, the one with the best macro-F1."""
     winners = [r for r in results if r.decision.promote]
-    best = max(winners, key=lambda r: r.version.evaluation.macro_f1, default=None)
+    return max(winners, key=lambda r: r.version.evaluation.macro_f1, default=None)
+
+
+def compare_challengers(
+    *,
+    sessions: sessionmaker[Session],
+    task: ModelTask,
+    challengers: Sequence[str] | None = None,
+    policy: PromotionPolicy | None = None,
+    auto_promote: bool = False,
+    batch_size: int = 64,
+    actor: str = POLICY_ACTOR,
+) -> ComparisonReport:
+    """Score the champion of ``task`` and its challengers (the named versions, or every candidate not yet
+    compared with this champion) on the task's frozen evaluation set in one run, decide for each
+    challenger and record the comparison.
+    With ``auto_promote``, the promoted-by-the-rule challenger with the best macro-F1 becomes champion.
+
+    Members whose file is gone are left out (counted). A challenger whose classes differ from the
+    champion's cannot be compared on the same labels and is skipped with the reason. Raises
+    ``DatasetError`` when the set is missing or empty, ``NotFoundError`` for an unknown name.
+    """
+    task = ModelTask(task)
+    policy = policy or PromotionPolicy()
+    contest = _load_contest(sessions, task, challengers)
+    images = _evaluation_images(contest)
+    champion = None if contest.champion is None else _score(contest.champion, images, batch_size)
+    skipped: dict[str, str] = {}
+    results: list[ChallengerResult] = []
+    for version in contest.contenders:
+        if version.classes != images.classes:
+            skipped[version.name] = f"predicts {list(version.classes)}, the champion {list(images.classes)}"
+            continue
+        scored = _score(version, images, batch_size)
+        decision = _decide(scored, champion, images, policy)
+        numbers = _comparison_numbers(decision, version, contest.champion, contest.set_name, images.left_out)
+        # Recorded as each is decided: a later challenger that fails to load keeps the rows before it.
+        results.append(_record_comparison(sessions, task, contest, scored, decision, numbers))
+    best = _best(results)
     change = None
     if auto_promote and best is not None:
         change = _change_champion(
@@ -553,10 +653,10 @@ def compare_challengers(
         )
     return ComparisonReport(
         task=task,
-        evaluation_set=set_name,
-        n_images=len(records),
-        left_out=left_out,
-        champion=scored_champion,
+        evaluation_set=contest.set_name,
+        n_images=len(images.records),
+        left_out=images.left_out,
+        champion=None if champion is None else champion.version,
         challengers=results,
         skipped=skipped,
         best=best,

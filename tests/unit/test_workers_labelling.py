@@ -571,7 +571,11 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
         push_interval_s=30.0,
         reconcile_interval_s=45.0,
     )
-    app = create_app(WorkerConfig(**base, labelling=config))
+    from workers.celery_app import WorkerRuntime
+
+    worker_config = WorkerConfig(**base, labelling=config)
+    runtime = WorkerRuntime(worker_config)
+    app = create_app(worker_config, runtime=runtime)
     assert {PUSH_TASK, RECORD_TASK, RECONCILE_TASK} <= set(app.tasks)
     schedule = app.conf.beat_schedule
     assert (schedule["push-labelling-batch"]["task"], schedule["push-labelling-batch"]["schedule"]) == (
@@ -601,7 +605,6 @@ def test_the_app_schedules_pushing_and_reconciliation_only_when_label_studio_is_
     # A worker that predicted new images asks for a top-up push, at most once per interval.
     from workers.labelling_tasks import request_labelling_push
 
-    runtime = app.defectloop_runtime
     assert runtime.push_request_due(60.0)
     assert not runtime.push_request_due(60.0)
     request_labelling_push(app)
