@@ -26,10 +26,13 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from models.errors import ModelError
+from models.labels import BINARY_CLASSES, DEFECTIVE
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BINARY_CLASSES",
+    "DEFECTIVE",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ImageLoadError",
@@ -47,8 +50,6 @@ __all__ = [
 
 Task = Literal["binary", "multiclass"]
 TASKS: tuple[Task, ...] = ("binary", "multiclass")
-BINARY_CLASSES: tuple[str, str] = ("ok", "defective")
-DEFECTIVE = "defective"  # a label that says "some defect", with no type: binary only
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MANIFEST_NAME = "manifest.csv"
