@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import assert_migrated
 from db.session import check_connection, create_engine_for, make_session_factory
+from models.labels import LabelSpace
 from workers import classification
 from workers.claims import Claimant, republish_orphaned_claims
 from workers.labelling_tasks import LabellingConfig, register_labelling_tasks, request_labelling_push
@@ -166,6 +167,10 @@ class WorkerConfig:
         return self.classes[1:]
 
     @property
+    def label_space(self) -> LabelSpace:
+        return LabelSpace.from_classes(self.classes)
+
+    @property
     def uses_redis(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://"))
 
@@ -292,7 +297,7 @@ def create_app(config: WorkerConfig) -> Any:
         register_retraining_tasks(
             app,
             config=config.retraining,
-            classes=config.classes,
+            label_space=config.label_space,
             artifacts_dir=config.artifacts_dir,
             base=runtime,
             publish_rescore=publish_rescore,
