@@ -159,14 +159,6 @@ class WorkerConfig:
             raise ValueError(f"stuck_after_s must be >= 0, got {self.stuck_after_s}")
 
     @property
-    def good_class(self) -> str:
-        return self.classes[0]
-
-    @property
-    def defect_classes(self) -> tuple[str, ...]:
-        return self.classes[1:]
-
-    @property
     def label_space(self) -> LabelSpace:
         return LabelSpace.from_classes(self.classes)
 
@@ -286,7 +278,7 @@ def create_app(config: WorkerConfig) -> Any:
     runtime = _Runtime(config)
     app.defectloop_runtime = runtime
     if config.labelling is not None:
-        register_labelling_tasks(app, config=config.labelling, classes=config.classes, base=runtime)
+        register_labelling_tasks(app, config=config.labelling, label_space=config.label_space, base=runtime)
     if config.retraining is not None:
 
         def publish_rescore(image_ids: list[int]) -> None:
@@ -315,8 +307,7 @@ def create_app(config: WorkerConfig) -> Any:
             ids,
             sessions=runtime.sessions,
             champions=runtime.champions,
-            good_class=config.good_class,
-            defect_classes=config.defect_classes,
+            label_space=config.label_space,
             batch_size=config.inference_batch_size,
             collect_timeout_s=config.inference_batch_timeout_ms / 1000,
             claimant=str(Claimant.current(node=str(classify_images.request.hostname or ""))),

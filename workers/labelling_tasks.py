@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from db.session import session_scope
 from labelling.errors import LabellingError, LabelStudioUnavailableError
 from labelling.payloads import AnnotationEvent
+from models.labels import LabelSpace
 from workers import labelling
 from workers.queues import Queue, idempotent_task_options
 from workers.transient import TRANSIENT_ERRORS
@@ -87,9 +88,10 @@ class LabellingConfig:
 class _LabellingRuntime:
     """Per-process Label Studio client, project id and helpers, built on first use."""
 
-    def __init__(self, config: LabellingConfig, classes: Sequence[str], base: Any) -> None:
+    def __init__(self, config: LabellingConfig, label_space: LabelSpace, base: Any) -> None:
         self.config = config
-        self.classes = tuple(classes)
+        self.label_space = label_space
+        self.classes = label_space.classes
         self._base = base  # workers.celery_app._Runtime: sessions and champion cache
         self._lock = threading.Lock()
         self._gateway: LabelStudioGateway | None = None
@@ -156,7 +158,7 @@ class _LabellingRuntime:
             project_id=self.project_id,
             media_url=self.config.media_url,
             heatmap=heatmaps,
-            good_class=self.classes[0],
+            good_class=self.label_space.good_class,
         )
 
     def embedder(self) -> labelling.Embedder:
@@ -172,16 +174,17 @@ class _LabellingRuntime:
                 items,
                 sessions=self.sessions,
                 champions=self._base.champions,
-                good_class=self.classes[0],
-                defect_classes=self.classes[1:],
+                label_space=self.label_space,
             )
 
         return score
 
 
-def register_labelling_tasks(app: Any, *, config: LabellingConfig, classes: Sequence[str], base: Any) -> None:
+def register_labelling_tasks(
+    app: Any, *, config: LabellingConfig, label_space: LabelSpace, base: Any
+) -> None:
     """Add the labelling tasks, their routes and beat entries to ``app`` (see the module docstring)."""
-    runtime = _LabellingRuntime(config, classes, base)
+    runtime = _LabellingRuntime(config, label_space, base)
     app.defectloop_labelling = runtime
     retry_on: tuple[type[Exception], ...] = (LabelStudioUnavailableError, *TRANSIENT_ERRORS)
     routes = dict(app.conf.task_routes or {})
