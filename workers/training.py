@@ -4,7 +4,8 @@
 under the artifacts folder and registers the version (the first of a task becomes its champion), with a
 ``training_runs`` row that says whether it succeeded and, if not, why. ``evaluate_on_folder`` verifies
 a version's checkpoint against the registry's sha256, predicts a labelled folder and records the
-metrics. Both take plain values (paths, a session factory, class names), never the settings object.
+metrics. Both take plain values (paths, a session factory, a ``LabelSpace``), never the settings
+object; what to train is one ``TrainingRequest``, built once by the caller and passed through.
 
 Transactions are kept short: nothing holds the database while a model trains or predicts, because on
 SQLite every transaction takes the write lock that the camera watcher and the workers also need.

@@ -230,6 +230,17 @@ def test_a_validation_split_that_cannot_be_tuned_on_gets_no_degenerate_threshold
         assert threshold_flag(version.metrics) == f"not tuned: {tuning['refused']}"
 
 
+def test_a_request_with_invalid_settings_is_refused_before_a_run_is_recorded(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    assert _request(task="multiclass").task is ModelTask.MULTICLASS
+    with pytest.raises(DatasetError, match="invalid training settings: epochs"):
+        _train(sessions, binary_folder, tmp_path / "artifacts", epochs=0)
+    with pytest.raises(DatasetError, match="val_fraction"):
+        _train(sessions, binary_folder, tmp_path / "artifacts", val_fraction=1.0)
+    assert _count(sessions, TrainingRun) == 0
+
+
 def test_an_unknown_architecture_is_refused_before_anything_is_recorded(
     sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
 ) -> None:
