@@ -289,8 +289,7 @@ def _predict(champions: Champions, batch: Sequence[_Item], label_space: LabelSpa
     combined = combine_predictions(
         binary_out,
         multi_out,
-        good_class=label_space.good_class,
-        defect_classes=label_space.defect_classes,
+        label_space=label_space,
         defect_threshold=champions.binary.version.defect_threshold,
     )
     out.combined = combined
