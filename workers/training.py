@@ -285,12 +285,7 @@ def train_from_database(
         )
     model_task, label_space = request.model_task, request.label_space
     try:
-        kept, labels, class_names = task_labels(
-            found.records,
-            model_task,
-            good_class=label_space.good_class,
-            defect_classes=label_space.defect_classes,
-        )
+        kept, labels, class_names = task_labels(found.records, model_task, label_space)
     except ValueError as exc:
         raise DatasetError(f"cannot label {_DATABASE_WHERE} for the {model_task} task: {exc}") from exc
     if not kept:
@@ -575,17 +570,15 @@ def _task_records(
     class_map: Mapping[str, str] | None,
 ) -> tuple[list[ImageRecord], list[int], tuple[str, ...]]:
     records = scan_labelled_folder(dataset, class_map=class_map, known_labels=label_space.known_labels)
-    defect_classes = label_space.defect_classes
     try:
-        kept, labels, class_names = task_labels(
-            records, task, good_class=label_space.good_class, defect_classes=defect_classes
-        )
-    except ValueError as exc:  # the labels were checked above; this is a wrong class list
+        kept, labels, class_names = task_labels(records, task, label_space)
+    except ValueError as exc:  # the scan has checked the labels already; kept as a guard
         raise DatasetError(f"cannot label {dataset} for the {task} task: {exc}") from exc
     if not kept:
         raise DatasetError(
-            f"{dataset} has no images of a defect type ({', '.join(defect_classes)}): the multiclass task "
-            f"trains on defect-type folders only, and this folder holds {label_counts(records)}"
+            f"{dataset} has no images of a defect type ({', '.join(label_space.defect_classes)}): the "
+            "multiclass task trains on defect-type folders only, and this folder holds "
+            f"{label_counts(records)}"
         )
     return kept, labels, class_names
 
@@ -818,9 +811,8 @@ def evaluate_on_folder(
     known = (*label_space.known_labels, *defects)
     records = scan_labelled_folder(dataset, class_map=class_map, known_labels=tuple(dict.fromkeys(known)))
     try:
-        kept, labels, class_names = task_labels(
-            records, model_task, good_class=label_space.good_class, defect_classes=defects
-        )
+        scored = LabelSpace(label_space.good_class, defects)  # multiclass: the version's own types
+        kept, labels, class_names = task_labels(records, model_task, scored)
     except ValueError as exc:
         raise DatasetError(
             f"cannot score {version_name} on {dataset}: {exc}; a {task} version knows {', '.join(classes)}"

@@ -135,9 +135,7 @@ def _train_task(
 ) -> ScoringModel | None:
     task = hyper["task"]
     records = [ImageRecord(path=p, label=label, group=file_group(p.stem)) for p, label in photos]
-    kept, labels, class_names = task_labels(
-        records, task, good_class=label_space.good_class, defect_classes=label_space.defect_classes
-    )
+    kept, labels, class_names = task_labels(records, task, label_space)
     counts = {c: labels.count(c) for c in set(labels)}
     rare = {c for c, n in counts.items() if n < _MIN_PER_CLASS}
     if task == "multiclass" and rare and len(counts) - len(rare) >= 2:
