@@ -160,31 +160,6 @@ class TrainingRequest:
     def model_task(self) -> Task:
         return _TASKS[self.task]
 
-    def train_config(self, class_names: tuple[str, ...], warm: _WarmStart | None) -> TrainConfig:
-        """The run's ``TrainConfig``; an invalid setting raises ``DatasetError`` (or ``ModelError``)."""
-        hyper = self.hyperparameters
-        try:
-            return TrainConfig(
-                architecture=self.architecture,
-                task=self.model_task,
-                class_names=class_names,
-                input_spec=self.input_spec,
-                epochs=hyper.epochs,
-                batch_size=hyper.batch_size,
-                lr=hyper.lr,
-                patience=hyper.patience,
-                seed=hyper.seed,
-                pretrained=self.pretrained,
-                weights=self.weights,
-                warm_start=None if warm is None else warm.artifact_path,
-                warm_start_sha256=None if warm is None else warm.artifact_sha256,
-                threads=self.threads,
-            )
-        except ModelError:
-            raise
-        except ValueError as exc:
-            raise DatasetError(f"invalid training settings: {exc}") from exc
-
 
 @dataclass(frozen=True)
 class _WarmStart:
@@ -414,7 +389,7 @@ def _train_and_register(
     can be refused is refused before the run row is written."""
     split = _split(data, request.hyperparameters)
     warm = _warm_start(sessions, request)
-    config = request.train_config(data.class_names, warm)
+    config = _train_config(request, data.class_names, warm)
     snapshot = _run_snapshot(data, split, request.hyperparameters)
     run_id = _start_run(sessions, request, config, snapshot)
     logger.info(
@@ -467,6 +442,34 @@ def _train_and_register(
         parent_name=None if warm is None else warm.name,
         threshold=threshold,
     )
+
+
+def _train_config(
+    request: TrainingRequest, class_names: tuple[str, ...], warm: _WarmStart | None
+) -> TrainConfig:
+    """The run's ``TrainConfig``; an invalid setting raises ``DatasetError`` (or ``ModelError``)."""
+    hyper = request.hyperparameters
+    try:
+        return TrainConfig(
+            architecture=request.architecture,
+            task=request.model_task,
+            class_names=class_names,
+            input_spec=request.input_spec,
+            epochs=hyper.epochs,
+            batch_size=hyper.batch_size,
+            lr=hyper.lr,
+            patience=hyper.patience,
+            seed=hyper.seed,
+            pretrained=request.pretrained,
+            weights=request.weights,
+            warm_start=None if warm is None else warm.artifact_path,
+            warm_start_sha256=None if warm is None else warm.artifact_sha256,
+            threads=request.threads,
+        )
+    except ModelError:
+        raise
+    except ValueError as exc:
+        raise DatasetError(f"invalid training settings: {exc}") from exc
 
 
 def _split(data: _LabelledSet, hyper: Hyperparameters) -> _Split:
