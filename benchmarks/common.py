@@ -42,6 +42,7 @@ from rich.progress import (
 from defectloop.errors import SettingsError
 from defectloop.settings import load_settings
 from models.data import ImageDataset, ImageRecord, InputSpec, group_split, scan_image_folder, task_labels
+from models.labels import LabelSpace
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -179,7 +180,7 @@ class Tiles:
 def load_tiles(root: Path) -> Tiles:
     """Binary records of the tiles under ``root`` (groups = fabric/strip), with their manifest rows."""
     records = scan_image_folder(root, class_map=CLASS_MAP)
-    kept, labels, _ = task_labels(records, "binary", defect_classes=DEFECT_CLASSES)
+    kept, labels, _ = task_labels(records, "binary", LabelSpace("ok", DEFECT_CLASSES))
     with (root / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         rows = {Path(row["path"]).as_posix(): row for row in csv.DictReader(fh)}
     info = tuple(rows.get(r.path.relative_to(root).as_posix(), {}) for r in kept)

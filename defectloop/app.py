@@ -124,7 +124,7 @@ def create_workers(settings: Settings, **overrides: Any) -> Workers:
     runtime = WorkerRuntime(config)
     labelling = None
     if config.labelling is not None:
-        labelling = LabellingRuntime(config.labelling, config.classes, runtime)
+        labelling = LabellingRuntime(config.labelling, config.label_space, runtime)
     celery = create_app(config, runtime=runtime, labelling=labelling)
     return Workers(celery=celery, runtime=runtime, labelling=labelling)
 

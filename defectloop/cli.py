@@ -398,38 +398,41 @@ def train(
     try:
         from db.schema import ModelTask
         from models.data import InputSpec
-        from workers.training import train_from_database, train_from_folder
+        from workers.training import Hyperparameters, TrainingRequest, train_from_database, train_from_folder
 
-        spec = InputSpec(
-            image_size=image_size or settings.image_size,
-            channels=channels or settings.image_channels,
+        request = TrainingRequest(
+            task=ModelTask(task.value),
+            architecture=arch,
+            label_space=settings.label_space,
+            input_spec=InputSpec(
+                image_size=image_size or settings.image_size,
+                channels=channels or settings.image_channels,
+            ),
+            hyperparameters=Hyperparameters(
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                val_fraction=val_fraction,
+                patience=patience,
+            ),
+            pretrained=pretrained,
+            weights=weights,
+            warm_start_version=warm_start,
+            progress=err_console.is_terminal,
         )
-        options: dict[str, Any] = {
-            "sessions": database.sessions,
-            "task": ModelTask(task.value),
-            "architecture": arch,
-            "good_class": settings.good_class,
-            "defect_classes": settings.defect_classes,
-            "input_spec": spec,
-            "artifacts_dir": settings.artifacts_dir,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "val_fraction": val_fraction,
-            "patience": patience,
-            "pretrained": pretrained,
-            "weights": weights,
-            "warm_start_version": warm_start,
-            "progress": err_console.is_terminal,
-        }
+        sessions, artifacts_dir = database.sessions, settings.artifacts_dir
         if dataset is not None:
-            outcome = train_from_folder(dataset=dataset, class_map=mapping, **options)
+            outcome = train_from_folder(
+                request, sessions=sessions, dataset=dataset, class_map=mapping, artifacts_dir=artifacts_dir
+            )
         else:
             from workers.retraining import held_out_image_ids
 
-            held_out = held_out_image_ids(database.sessions)  # the frozen evaluation sets stay unseen
-            outcome = train_from_database(exclude_image_ids=held_out, **options)
+            held_out = held_out_image_ids(sessions)  # the frozen evaluation sets stay unseen
+            outcome = train_from_database(
+                request, sessions=sessions, exclude_image_ids=held_out, artifacts_dir=artifacts_dir
+            )
     finally:
         database.dispose()
     role = "champion" if outcome.is_champion else "candidate (the champion stays; compare before promoting)"
@@ -475,8 +478,7 @@ def evaluate(
             sessions=database.sessions,
             version_name=version,
             dataset=dataset,
-            good_class=settings.good_class,
-            defect_classes=settings.defect_classes,
+            label_space=settings.label_space,
             class_map=mapping,
             batch_size=batch_size,
         )
@@ -719,22 +721,21 @@ def retrain(
         from db.schema import ModelTask
         from models.data import InputSpec
         from workers.retraining import compare_new_challengers, retrain_challengers
+        from workers.training import Hyperparameters
 
         tasks = [ModelTask(t.value) for t in (task or list(TaskName))]
         report = retrain_challengers(
             sessions=database.sessions,
             tasks=tasks,
             architectures=arch or settings.retrain_architectures,
-            good_class=settings.good_class,
-            defect_classes=settings.defect_classes,
+            label_space=settings.label_space,
             input_spec=InputSpec(image_size=settings.image_size, channels=settings.image_channels),
             artifacts_dir=settings.artifacts_dir,
             evaluation_fraction=settings.evaluation_fraction,
             actor=who,
-            epochs=epochs or settings.train_epochs,
-            batch_size=batch_size,
-            seed=seed,
-            patience=patience,
+            hyperparameters=Hyperparameters(
+                epochs=epochs or settings.train_epochs, batch_size=batch_size, seed=seed, patience=patience
+            ),
             progress=err_console.is_terminal,
         )
         evaluation = report.evaluation

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from defectloop.errors import SettingsError
+from models.labels import LabelSpace
 from models.selection import DEFAULT_STRATEGY, STRATEGIES, strategy_spec
 
 logger = logging.getLogger(__name__)
@@ -344,6 +345,11 @@ class Settings(BaseSettings):
     @property
     def defect_classes(self) -> tuple[str, ...]:
         return self.classes[1:]
+
+    @property
+    def label_space(self) -> LabelSpace:
+        """The classes as the one value the workers and models take (the good class first)."""
+        return LabelSpace.from_classes(self.classes)
 
     @property
     def embedded(self) -> bool:

@@ -26,10 +26,13 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from models.errors import ModelError
+from models.labels import BINARY_CLASSES, DEFECTIVE, LabelSpace
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BINARY_CLASSES",
+    "DEFECTIVE",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ImageLoadError",
@@ -47,8 +50,6 @@ __all__ = [
 
 Task = Literal["binary", "multiclass"]
 TASKS: tuple[Task, ...] = ("binary", "multiclass")
-BINARY_CLASSES: tuple[str, str] = ("ok", "defective")
-DEFECTIVE = "defective"  # a label that says "some defect", with no type: binary only
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MANIFEST_NAME = "manifest.csv"
@@ -254,27 +255,19 @@ def scan_image_folder(
 
 
 def task_labels(
-    records: Sequence[ImageRecord],
-    task: Task,
-    *,
-    good_class: str = "ok",
-    defect_classes: Sequence[str],
+    records: Sequence[ImageRecord], task: Task, label_space: LabelSpace
 ) -> tuple[list[ImageRecord], list[int], tuple[str, ...]]:
     """Integer targets for ``task``: ``(kept records, labels, class names)``.
 
-    - binary: every record; ``good_class`` -> 0, any defect class or a plain "defective" -> 1;
+    - binary: every record; the good class -> 0, any defect type or a plain "defective" -> 1;
       class names ``("ok", "defective")``.
-    - multiclass: only records labelled with one of ``defect_classes`` (its index), as the defect-type
-      model is trained on defective images; ``good_class`` and "defective" (no type) are left out.
+    - multiclass: only records labelled with one of the defect types (its index), as the defect-type
+      model is trained on defective images; the good class and "defective" (no type) are left out.
 
     A label that is none of these (or a record without a label) raises ``ValueError`` naming it.
     """
-    defects = tuple(defect_classes)
-    if not defects or len(set(defects)) != len(defects):
-        raise ValueError(f"defect_classes must be non-empty and unique, got {defects}")
-    if good_class in defects:
-        raise ValueError(f"good_class {good_class!r} must not be one of defect_classes {defects}")
-    known = (good_class, DEFECTIVE, *defects)
+    good_class, defects = label_space.good_class, label_space.defect_classes
+    known = label_space.known_labels
     for record in records:
         if record.label not in known:
             raise ValueError(

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from models.architectures import BaselineCNN, ImprovedCNN
+from models.labels import LabelSpace
 from models.registry import enable_mc_dropout, get_spec
 from models.selection import bald, combine_binary_multiclass, entropy, least_confidence, margin
 
@@ -510,11 +511,10 @@ def combine_predictions(
     binary: PredictionOutput,
     multiclass: PredictionOutput | None,
     *,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     defect_threshold: float = 0.5,
 ) -> CombinedPrediction:
-    """Combine into one distribution over ``[good_class, *defect_classes]``.
+    """Combine into one distribution over ``label_space.classes`` (the good class, then the defect types).
 
     p(ok) = 1 - p(defect) and p(k) = p(defect) * p(k | defect).
 
@@ -525,7 +525,7 @@ def combine_predictions(
     probability.
 
     ``binary`` has two columns, the good class then "defective": p(defect) is column 1. ``multiclass``
-    gives p(k | defect) over ``defect_classes`` (matched by name, any column order).
+    gives p(k | defect) over the defect types (matched by name, any column order).
 
     Without a multiclass model (no champion yet) p(defect) is spread evenly, p(k) = p(defect) / K: with
     nothing known about the type every type is equally likely, p(ok) stays exact and the scores still
@@ -536,12 +536,7 @@ def combine_predictions(
     """
     if not (math.isfinite(defect_threshold) and 0.0 <= defect_threshold <= 1.0):
         raise ValueError(f"defect_threshold must lie in [0, 1], got {defect_threshold}")
-    defects = tuple(str(c) for c in defect_classes)
-    if not defects or len(set(defects)) != len(defects) or good_class in defects:
-        raise ValueError(
-            f"defect_classes must be distinct, non-empty and exclude the good class {good_class!r}; "
-            f"got {defects}"
-        )
+    good_class, defects = label_space.good_class, label_space.defect_classes
     if binary.probs.ndim != 2 or binary.probs.shape[1] != 2:
         raise ValueError(
             f"binary.probs must be (N, 2) with columns ({good_class}, defective), got {binary.probs.shape}"
@@ -572,7 +567,7 @@ def combine_predictions(
     elif mc_types is not None:
         mc_probs = combine_binary_multiclass(p_defect, mc_types)
 
-    names = (good_class, *defects)
+    names = label_space.classes
     predicted = np.where(p_defect >= defect_threshold, 1 + types.argmax(axis=1), 0).astype(np.intp)
     uncertainty: dict[str, FloatArray] = {
         "entropy": entropy(probs),

@@ -36,6 +36,7 @@ from defectloop.settings import DEFAULT_CLASSES
 from labelling.devserver import LabelStudioServer, find_free_port
 from labelling.gateway import LabelStudioGateway
 from models.data import InputSpec
+from models.labels import LabelSpace
 from tests.worker_harness import register_untrained
 from workers import classification
 
@@ -199,8 +200,7 @@ def deploy(
             ids,
             sessions=sessions,
             champions=champions,
-            good_class=DEFAULT_CLASSES[0],
-            defect_classes=DEFAULT_CLASSES[1:],
+            label_space=LabelSpace.from_classes(DEFAULT_CLASSES),
             batch_size=8,
         )
         assert len(report.predicted) == N_IMAGES

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import assert_migrated
 from db.session import check_connection, create_engine_for, make_session_factory
+from models.labels import LabelSpace
 from workers import classification
 from workers.claims import Claimant, republish_orphaned_claims
 from workers.labelling_tasks import (
@@ -165,12 +166,8 @@ class WorkerConfig:
             raise ValueError(f"stuck_after_s must be >= 0, got {self.stuck_after_s}")
 
     @property
-    def good_class(self) -> str:
-        return self.classes[0]
-
-    @property
-    def defect_classes(self) -> tuple[str, ...]:
-        return self.classes[1:]
+    def label_space(self) -> LabelSpace:
+        return LabelSpace.from_classes(self.classes)
 
     @property
     def uses_redis(self) -> bool:
@@ -298,7 +295,7 @@ def create_app(
         runtime = WorkerRuntime(config)
     if config.labelling is not None:
         if labelling is None:
-            labelling = LabellingRuntime(config.labelling, config.classes, runtime)
+            labelling = LabellingRuntime(config.labelling, config.label_space, runtime)
         register_labelling_tasks(app, runtime=labelling)
     if config.retraining is not None:
 
@@ -310,7 +307,7 @@ def create_app(
         register_retraining_tasks(
             app,
             config=config.retraining,
-            classes=config.classes,
+            label_space=config.label_space,
             artifacts_dir=config.artifacts_dir,
             base=runtime,
             publish_rescore=publish_rescore,
@@ -328,8 +325,7 @@ def create_app(
             ids,
             sessions=runtime.sessions,
             champions=runtime.champions,
-            good_class=config.good_class,
-            defect_classes=config.defect_classes,
+            label_space=config.label_space,
             batch_size=config.inference_batch_size,
             collect_timeout_s=config.inference_batch_timeout_ms / 1000,
             claimant=str(Claimant.current(node=str(classify_images.request.hostname or ""))),

@@ -56,6 +56,7 @@ from db import repositories as repo
 from db.schema import ImageStatus, ModelTask
 from db.session import session_scope
 from models.comparison import stored_threshold
+from models.labels import LabelSpace
 from workers.claims import Claimant
 from workers.image_reading import FileChangedError, load_verified
 
@@ -253,12 +254,7 @@ class _Predicted:
     changed: dict[int, str] = field(default_factory=dict)
 
 
-def _predict(
-    champions: Champions,
-    batch: Sequence[_Item],
-    good_class: str,
-    defect_classes: Sequence[str],
-) -> _Predicted:
+def _predict(champions: Champions, batch: Sequence[_Item], label_space: LabelSpace) -> _Predicted:
     """Read (bytes checked against the row), decode and classify ``batch``."""
     import torch
 
@@ -293,8 +289,7 @@ def _predict(
     combined = combine_predictions(
         binary_out,
         multi_out,
-        good_class=good_class,
-        defect_classes=tuple(defect_classes),
+        label_space=label_space,
         defect_threshold=champions.binary.version.defect_threshold,
     )
     out.combined = combined
@@ -373,8 +368,7 @@ def classify_images(
     *,
     sessions: sessionmaker[Session],
     champions: ChampionCache,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     batch_size: int,
     collect_timeout_s: float = 0.0,
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
@@ -428,7 +422,7 @@ def classify_images(
             report.collected.extend(image_id for image_id, _, _ in extra)
             batch = [*batch, *extra]
         for _ in range(_CHAMPION_CHANGE_RETRIES):
-            if _classify_batch(batch, current, sessions, good_class, defect_classes, report):
+            if _classify_batch(batch, current, sessions, label_space, report):
                 break
             current = champions.refresh(sessions)
             report.model_key = current.model_key
@@ -441,8 +435,7 @@ def _classify_batch(
     batch: Sequence[_Item],
     current: Champions,
     sessions: sessionmaker[Session],
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     report: ClassifyReport,
 ) -> bool:
     """Classify one batch and commit it in one transaction (compare-and-set first, see step 5); False,
@@ -451,7 +444,7 @@ def _classify_batch(
     assert current.binary is not None
     binary_id = current.binary.version.id
     multi_id = None if current.multiclass is None else current.multiclass.version.id
-    result = _predict(current, batch, good_class, defect_classes)
+    result = _predict(current, batch, label_space)
     predicted_ids, combined = result.ok, result.combined
     moved: list[int] = []
     with session_scope(sessions) as session:

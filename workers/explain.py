@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import repositories as repo
 from db.schema import ModelTask
 from db.session import session_scope
+from models.labels import LabelSpace
 from workers import classification
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,7 @@ def score_images(
     *,
     sessions: sessionmaker[Session],
     champions: classification.ChampionCache,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     batch_size: int = 32,
 ) -> int:
     """Store predictions of the current champions for these images (status untouched); how many stored."""
@@ -140,7 +140,7 @@ def score_images(
     stored = 0
     for start in range(0, len(items), batch_size):
         batch = [(image_id, path, None) for image_id, path in items[start : start + batch_size]]
-        result = classification._predict(current, batch, good_class, defect_classes)
+        result = classification._predict(current, batch, label_space)
         ids, combined = result.ok, result.combined
         for image_id, reason in result.failed.items():
             logger.warning("scoring image %d failed: %s", image_id, reason)

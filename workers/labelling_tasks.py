@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from db.session import session_scope
 from labelling.errors import LabellingError, LabelStudioUnavailableError
 from labelling.payloads import AnnotationEvent
+from models.labels import LabelSpace
 from models.selection import DEFAULT_STRATEGY, strategy_spec
 from workers import labelling
 from workers.queues import Queue, idempotent_task_options
@@ -104,9 +105,10 @@ class LabellingRuntime:
     """Per-process Label Studio client, project id and helpers, built on first use; the sessions and
     champions are ``base``'s, the classification tasks' own."""
 
-    def __init__(self, config: LabellingConfig, classes: Sequence[str], base: SharedRuntime) -> None:
+    def __init__(self, config: LabellingConfig, label_space: LabelSpace, base: SharedRuntime) -> None:
         self.config = config
-        self.classes = tuple(classes)
+        self.label_space = label_space
+        self.classes = label_space.classes
         self._base = base
         self._lock = threading.Lock()
         self._gateway: LabelStudioGateway | None = None
@@ -173,7 +175,7 @@ class LabellingRuntime:
             project_id=self.project_id,
             media_url=self.config.media_url,
             heatmap=heatmaps,
-            good_class=self.classes[0],
+            good_class=self.label_space.good_class,
         )
 
     def embedder(self) -> labelling.Embedder:
@@ -189,8 +191,7 @@ class LabellingRuntime:
                 items,
                 sessions=self.sessions,
                 champions=self._base.champions,
-                good_class=self.classes[0],
-                defect_classes=self.classes[1:],
+                label_space=self.label_space,
             )
 
         return score

@@ -49,10 +49,11 @@ from models.comparison import (
 )
 from models.data import DEFECTIVE, ImageDataset, ImageRecord, InputSpec
 from models.errors import ModelError
+from models.labels import LabelSpace
 from models.train import load_checkpoint, predict_dataset
 from workers.errors import DatasetError, IncompatibleVersionError, WorkerError
 from workers.retrain_policy import RetrainPlan, claim_requests, finish_requests
-from workers.training import TrainOutcome, image_group, train_from_database
+from workers.training import Hyperparameters, TrainingRequest, TrainOutcome, image_group, train_from_database
 
 logger = logging.getLogger(__name__)
 
@@ -128,20 +129,10 @@ class EvaluationSetsReport:
     labelled_images: int
 
 
-def _task_label(label: str, task: ModelTask, good_class: str, defect_classes: Sequence[str]) -> str | None:
-    """The label an image gets in ``task``'s set, or None when it has no place there."""
-    if task is ModelTask.BINARY:
-        if label == good_class:
-            return good_class
-        return DEFECTIVE if label == DEFECTIVE or label in defect_classes else None
-    return label if label in defect_classes else None
-
-
 def update_evaluation_sets(
     *,
     sessions: sessionmaker[Session],
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     fraction: float,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> EvaluationSetsReport:
@@ -191,7 +182,7 @@ def update_evaluation_sets(
                 if not rule.holds_out(image_group(source_id, path)):
                     continue
                 held_out.add(image_id)
-                task_label = _task_label(label, task, good_class, defect_classes)
+                task_label = label_space.task_label(label, task)
                 if task_label is not None:
                     new_members[image_id] = task_label
             added[task] = (
@@ -270,40 +261,44 @@ def retrain_challengers(
     sessions: sessionmaker[Session],
     tasks: Sequence[ModelTask],
     architectures: Sequence[str],
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     input_spec: InputSpec,
     artifacts_dir: Path,
     evaluation_fraction: float,
+    hyperparameters: Hyperparameters,
+    threads: int | None = None,
+    progress: bool = False,
     trigger: TrainingTrigger = TrainingTrigger.MANUAL,
     actor: str = "cli",
-    **train_options: Any,
 ) -> RetrainReport:
     """Update the evaluation sets, then train every architecture for every task on the labels outside
     them (``train_from_database``); each version is registered as a candidate (the first of a task
     becomes champion, there being nothing to compare with). A task or architecture that cannot be
     trained (too few labels of a class, an image size the architecture refuses) is reported and the
-    others go on. ``train_options``: epochs, batch_size, lr, seed, val_fraction, patience, threads,
-    progress, pretrained, weights."""
+    others go on. Every run shares ``label_space``, ``input_spec``, ``hyperparameters`` and ``threads``."""
     evaluation = update_evaluation_sets(
-        sessions=sessions, good_class=good_class, defect_classes=defect_classes, fraction=evaluation_fraction
+        sessions=sessions, label_space=label_space, fraction=evaluation_fraction
     )
     report = RetrainReport(evaluation=evaluation)
     for task in tasks:
         for architecture in architectures:
+            request = TrainingRequest(
+                task=task,
+                architecture=architecture,
+                label_space=label_space,
+                input_spec=input_spec,
+                hyperparameters=hyperparameters,
+                threads=threads,
+                progress=progress,
+                actor=actor,
+                trigger=trigger,
+            )
             try:
                 outcome = train_from_database(
+                    request,
                     sessions=sessions,
-                    task=task,
-                    architecture=architecture,
-                    good_class=good_class,
-                    defect_classes=defect_classes,
-                    input_spec=input_spec,
                     artifacts_dir=artifacts_dir,
                     exclude_image_ids=evaluation.held_out_image_ids,
-                    trigger=trigger,
-                    actor=actor,
-                    **train_options,
                 )
             except (DatasetError, ModelError, IncompatibleVersionError) as exc:
                 logger.warning("retrain: %s %s not trained: %s", task, architecture, exc)
@@ -875,8 +870,7 @@ def run_requested_retrain(
     *,
     sessions: sessionmaker[Session],
     plan: RetrainPlan,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     artifacts_dir: Path,
     actor: str = "worker",
 ) -> dict[str, Any]:
@@ -894,17 +888,16 @@ def run_requested_retrain(
             sessions=sessions,
             tasks=tuple(ModelTask),
             architectures=plan.architectures,
-            good_class=good_class,
-            defect_classes=defect_classes,
+            label_space=label_space,
             input_spec=InputSpec(image_size=plan.image_size, channels=plan.channels),
             artifacts_dir=artifacts_dir,
             evaluation_fraction=plan.evaluation_fraction,
+            hyperparameters=Hyperparameters(
+                epochs=plan.epochs, batch_size=plan.batch_size, patience=plan.patience
+            ),
+            threads=plan.threads,
             trigger=trigger,
             actor=actor,
-            epochs=plan.epochs,
-            batch_size=plan.batch_size,
-            patience=plan.patience,
-            threads=plan.threads,
         )
         comparisons: list[dict[str, Any]] = []
         requeued: list[int] = []

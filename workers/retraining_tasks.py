@@ -25,6 +25,7 @@ from typing import Any
 
 from db import repositories as repo
 from db.session import session_scope
+from models.labels import LabelSpace
 from workers import retrain_policy
 from workers.queues import Queue, idempotent_task_options
 from workers.transient import TRANSIENT_ERRORS
@@ -97,7 +98,7 @@ def register_retraining_tasks(
     app: Any,
     *,
     config: RetrainingConfig,
-    classes: Sequence[str],
+    label_space: LabelSpace,
     artifacts_dir: Path,
     base: Any,
     publish_rescore: Callable[[list[int]], None],
@@ -129,8 +130,7 @@ def register_retraining_tasks(
         summary = run_requested_retrain(
             sessions=base.sessions,
             plan=config.plan,
-            good_class=classes[0],
-            defect_classes=tuple(classes[1:]),
+            label_space=label_space,
             artifacts_dir=artifacts_dir,
         )
         if summary["requeued_image_ids"]:

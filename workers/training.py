@@ -4,7 +4,8 @@
 under the artifacts folder and registers the version (the first of a task becomes its champion), with a
 ``training_runs`` row that says whether it succeeded and, if not, why. ``evaluate_on_folder`` verifies
 a version's checkpoint against the registry's sha256, predicts a labelled folder and records the
-metrics. Both take plain values (paths, a session factory, class names), never the settings object.
+metrics. Both take plain values (paths, a session factory, a ``LabelSpace``), never the settings
+object; what to train is one ``TrainingRequest``, built once by the caller and passed through.
 
 Transactions are kept short: nothing holds the database while a model trains or predicts, because on
 SQLite every transaction takes the write lock that the camera watcher and the workers also need.
@@ -18,9 +19,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,9 +49,11 @@ from models.data import (
     task_labels,
 )
 from models.errors import ModelError
+from models.labels import LabelSpace
 from models.registry import get_spec
 from models.train import (
     TrainConfig,
+    TrainResult,
     fsync_dir,
     load_checkpoint,
     predict_dataset,
@@ -64,7 +67,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "EvaluationOutcome",
+    "Hyperparameters",
     "TrainOutcome",
+    "TrainingRequest",
     "evaluate_on_folder",
     "image_group",
     "train_from_database",
@@ -112,6 +117,51 @@ class EvaluationOutcome:
 
 
 @dataclass(frozen=True)
+class Hyperparameters:
+    """The numbers of a run that are chosen before its labels are read: the split's validation share
+    and seed, and ``TrainConfig``'s optimisation settings (checked there, when the run's class names
+    are known; an invalid one raises ``DatasetError`` before any run is recorded)."""
+
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0  # of the split, the initial weights and the batches
+    val_fraction: float = 0.2
+    patience: int = 4
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What to train and how, whichever labels it is trained on (a folder or the database): built
+    once by the caller (the ``train`` command, a retrain) and passed through unchanged.
+
+    ``weights``: a local pretrained file for the architecture; ``warm_start_version``: an earlier
+    version of the same task, architecture and input to start from; ``threads`` caps torch's CPU
+    threads (None leaves the process setting); ``actor`` and ``trigger`` are recorded with the run.
+    """
+
+    task: ModelTask
+    architecture: str
+    label_space: LabelSpace
+    input_spec: InputSpec
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    pretrained: bool = False
+    weights: Path | None = None
+    warm_start_version: str | None = None
+    threads: int | None = None
+    progress: bool = False
+    actor: str = "cli"
+    trigger: TrainingTrigger = TrainingTrigger.MANUAL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", ModelTask(self.task))
+
+    @property
+    def model_task(self) -> Task:
+        return _TASKS[self.task]
+
+
+@dataclass(frozen=True)
 class _WarmStart:
     name: str
     version_id: int
@@ -119,109 +169,74 @@ class _WarmStart:
     artifact_sha256: str
 
 
+@dataclass(frozen=True)
+class _LabelledSet:
+    """The images a run trains on, as both sources of labels prepare them."""
+
+    where: str  # for messages: the folder, or the database's labelled images
+    kept: Sequence[ImageRecord]
+    labels: Sequence[int]
+    class_names: tuple[str, ...]
+    snapshot: Mapping[str, Any]  # what the version records about its data
+
+
+@dataclass(frozen=True)
+class _Split:
+    train_idx: list[int]
+    val_idx: list[int]
+
+    def labels(self, data: _LabelledSet) -> tuple[list[int], list[int]]:
+        return [data.labels[i] for i in self.train_idx], [data.labels[i] for i in self.val_idx]
+
+
 # --- training ------------------------------------------------------------------------------------
 
 
 def train_from_folder(
+    request: TrainingRequest,
     *,
     sessions: sessionmaker[Session],
     dataset: Path,
-    task: ModelTask,
-    architecture: str,
-    good_class: str,
-    defect_classes: Sequence[str],
-    input_spec: InputSpec,
     artifacts_dir: Path,
     class_map: Mapping[str, str] | None = None,
-    epochs: int = 15,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    patience: int = 4,
-    pretrained: bool = False,
-    weights: Path | None = None,
-    warm_start_version: str | None = None,
-    threads: int | None = None,
-    progress: bool = False,
-    actor: str = "cli",
 ) -> TrainOutcome:
-    """Train ``architecture`` for ``task`` on the ImageFolder ``dataset`` and register the result.
+    """Train ``request`` on the ImageFolder ``dataset`` and register the result.
 
     Everything that can be checked before training is checked first (architecture, hyper-parameters,
     labels, class sizes, the split, the warm-start version), so a mistake costs no run. Then a
-    ``training_runs`` row (trigger manual) is committed as running; if training or registering fails
-    the row is marked failed with the error, no version is registered and the error is raised again.
+    ``training_runs`` row is committed as running; if training or registering fails the row is marked
+    failed with the error, no version is registered and the error is raised again.
 
     Raises ``DatasetError`` (folder, labels, sizes), ``IncompatibleVersionError`` (warm start),
     ``ModelError`` (architecture, weights, unreadable image or checkpoint) and ``db.errors.NotFoundError``
     (no such warm-start version).
     """
-    model_task = _TASKS[ModelTask(task)]
     dataset = Path(dataset).expanduser().resolve()
-    _check_request(architecture, input_spec, val_fraction)
-    kept, labels, class_names = _task_records(dataset, model_task, good_class, defect_classes, class_map)
-    _check_class_sizes(str(dataset), model_task, labels, class_names)
+    _check_request(request)
+    kept, labels, class_names = _task_records(dataset, request.model_task, request.label_space, class_map)
+    _check_class_sizes(str(dataset), request.model_task, labels, class_names)
     snapshot: dict[str, Any] = {
         "dataset": str(dataset),
         "dataset_sha256": dataset_fingerprint(kept, dataset),
         "class_map": dict(class_map or {}),
     }
-    return _train_and_register(
-        sessions=sessions,
-        where=str(dataset),
-        kept=kept,
-        labels=labels,
-        class_names=class_names,
-        snapshot=snapshot,
-        task=task,
-        architecture=architecture,
-        input_spec=input_spec,
-        artifacts_dir=artifacts_dir,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        val_fraction=val_fraction,
-        patience=patience,
-        pretrained=pretrained,
-        weights=weights,
-        warm_start_version=warm_start_version,
-        threads=threads,
-        progress=progress,
-        actor=actor,
-    )
+    data = _LabelledSet(str(dataset), kept, labels, class_names, snapshot)
+    return _train_and_register(request, sessions=sessions, data=data, artifacts_dir=artifacts_dir)
 
 
 DATABASE = "database"  # the snapshot's ``dataset`` of a version trained on the database's labels
+_DATABASE_WHERE = "the database's labelled images"
 
 
 def train_from_database(
+    request: TrainingRequest,
     *,
     sessions: sessionmaker[Session],
-    task: ModelTask,
-    architecture: str,
-    good_class: str,
-    defect_classes: Sequence[str],
-    input_spec: InputSpec,
     artifacts_dir: Path,
-    epochs: int = 15,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    patience: int = 4,
-    pretrained: bool = False,
-    weights: Path | None = None,
-    warm_start_version: str | None = None,
-    threads: int | None = None,
-    progress: bool = False,
-    actor: str = "cli",
     exclude_image_ids: Collection[int] = frozenset(),
-    trigger: TrainingTrigger = TrainingTrigger.MANUAL,
 ) -> TrainOutcome:
-    """Train ``architecture`` for ``task`` on every image the database holds a current label for
-    (Label Studio annotations and imports: ``repo.list_labelled_images``) and register the result.
+    """Train ``request`` on every image the database holds a current label for (Label Studio
+    annotations and imports: ``repo.list_labelled_images``) and register the result.
     ``exclude_image_ids`` (the frozen evaluation sets, see ``workers.retraining``) are never trained on.
 
     Groups for the split: the image's source and its file name without a tile index, so tiles of one
@@ -230,109 +245,119 @@ def train_from_database(
     a warning. The snapshot's fingerprint is over the (image sha256, label) pairs: the same labels, the
     same fingerprint. Otherwise as ``train_from_folder`` (same checks, run row, errors).
     """
-    model_task = _TASKS[ModelTask(task)]
-    _check_request(architecture, input_spec, val_fraction)
+    _check_request(request)
     with sessions() as session:
         rows = [
-            (image.id, image.path, image.sha256, image.source_id, label)
+            _LabelledRow(image.id, image.path, image.sha256, image.source_id, label)
             for image, label in repo.list_labelled_images(session=session)
         ]
-    known = {good_class, DEFECTIVE, *defect_classes}
-    records: list[ImageRecord] = []
-    digests: list[tuple[str, str]] = []
-    missing: list[int] = []
-    unknown: Counter[str] = Counter()
-    held_out = 0
-    for image_id, path, sha256, source_id, label in rows:
-        if image_id in exclude_image_ids:
-            held_out += 1
-        elif label not in known:
-            unknown[label] += 1
-        elif not Path(path).is_file():
-            missing.append(image_id)
-        else:
-            group = image_group(source_id, path)
-            records.append(ImageRecord(path=Path(path), label=label, group=group, image_id=image_id))
-            digests.append((sha256 or f"path:{path}", label))
-    if unknown:
-        logger.warning(
-            "left out %d labelled image(s) whose label is not a configured class: %s",
-            sum(unknown.values()),
-            dict(sorted(unknown.items())),
-        )
-    if missing:
-        logger.warning(
-            "left out %d labelled image(s) whose file is gone (first ids: %s)", len(missing), missing[:10]
-        )
-    where = "the database's labelled images"
-    if not records:
+    found = _database_records(rows, request.label_space, exclude_image_ids)
+    if not found.records:
         raise DatasetError(
-            f"{where}: none to train on ({len(rows)} labelled, {len(missing)} with their file gone, "
-            f"{sum(unknown.values())} with an unknown label); import a labelled folder (`defectloop import "
-            "DIR`) or label images in Label Studio first"
+            f"{_DATABASE_WHERE}: none to train on ({len(rows)} labelled, {len(found.missing)} with their "
+            f"file gone, {sum(found.unknown.values())} with an unknown label); import a labelled folder "
+            "(`defectloop import DIR`) or label images in Label Studio first"
         )
+    model_task, label_space = request.model_task, request.label_space
     try:
-        kept, labels, class_names = task_labels(
-            records, model_task, good_class=good_class, defect_classes=tuple(defect_classes)
-        )
+        kept, labels, class_names = task_labels(found.records, model_task, label_space)
     except ValueError as exc:
-        raise DatasetError(f"cannot label {where} for the {model_task} task: {exc}") from exc
+        raise DatasetError(f"cannot label {_DATABASE_WHERE} for the {model_task} task: {exc}") from exc
     if not kept:
         raise DatasetError(
-            f"{where} include no defect-type label ({', '.join(defect_classes)}): the multiclass task "
-            f"trains on typed defects only, and the labels are {label_counts(records)}"
+            f"{_DATABASE_WHERE} include no defect-type label ({', '.join(label_space.defect_classes)}): the "
+            f"multiclass task trains on typed defects only, and the labels are {label_counts(found.records)}"
         )
     rare: dict[str, int] = {}
     if model_task == "multiclass":
-        # A defect type labelled once cannot be on both sides of the split; in a loop that labels as it
-        # goes, it must not hold the other types' model back until a second one turns up.
-        counts = Counter(labels)
-        rare = {class_names[c]: n for c, n in sorted(counts.items()) if n < _MIN_IMAGES_PER_CLASS}
-        if rare and len(counts) - len(rare) >= 2:
-            logger.warning("multiclass: left out defect type(s) labelled only once so far: %s", sorted(rare))
-            pairs = [(r, y) for r, y in zip(kept, labels, strict=True) if class_names[y] not in rare]
-            kept, labels = [r for r, _ in pairs], [y for _, y in pairs]
-        else:
-            rare = {}
-    _check_class_sizes(where, model_task, labels, class_names)
-    kept_ids = {r.image_id for r in kept}
-    fingerprint = hashlib.sha256()
-    for sha256, label in sorted(d for d, r in zip(digests, records, strict=True) if r.image_id in kept_ids):
-        fingerprint.update(f"{sha256}\t{label}\n".encode())
+        kept, labels, rare = _leave_out_rare_types(kept, labels, class_names)
+    _check_class_sizes(_DATABASE_WHERE, model_task, labels, class_names)
     snapshot: dict[str, Any] = {
         "dataset": DATABASE,
-        "dataset_sha256": fingerprint.hexdigest(),
+        "dataset_sha256": found.fingerprint({r.image_id for r in kept}),
         "labelled_images": len(rows),
-        "left_out_missing_file": len(missing),
-        "left_out_unknown_label": dict(sorted(unknown.items())),
-        "left_out_evaluation": held_out,
+        "left_out_missing_file": len(found.missing),
+        "left_out_unknown_label": dict(sorted(found.unknown.items())),
+        "left_out_evaluation": found.held_out,
         "left_out_rare_class": rare,
     }
-    return _train_and_register(
-        sessions=sessions,
-        where=where,
-        kept=kept,
-        labels=labels,
-        class_names=class_names,
-        snapshot=snapshot,
-        task=task,
-        architecture=architecture,
-        input_spec=input_spec,
-        artifacts_dir=artifacts_dir,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        val_fraction=val_fraction,
-        patience=patience,
-        pretrained=pretrained,
-        weights=weights,
-        warm_start_version=warm_start_version,
-        threads=threads,
-        progress=progress,
-        actor=actor,
-        trigger=trigger,
-    )
+    data = _LabelledSet(_DATABASE_WHERE, kept, labels, class_names, snapshot)
+    return _train_and_register(request, sessions=sessions, data=data, artifacts_dir=artifacts_dir)
+
+
+class _LabelledRow(NamedTuple):
+    image_id: int
+    path: str
+    sha256: str | None
+    source_id: int
+    label: str
+
+
+@dataclass
+class _DatabaseRecords:
+    """The database's labelled images sorted into those to train on and those left out (and why)."""
+
+    records: list[ImageRecord] = field(default_factory=list)
+    digests: list[tuple[str, str]] = field(default_factory=list)  # (image sha256, label) per record
+    missing: list[int] = field(default_factory=list)  # ids of the images whose file is gone
+    unknown: Counter[str] = field(default_factory=Counter)  # labels that are not a configured class
+    held_out: int = 0  # images of the evaluation sets
+
+    def fingerprint(self, image_ids: Collection[int | None]) -> str:
+        """The sha256 over the sorted (image sha256, label) pairs of the records in ``image_ids``."""
+        digest = hashlib.sha256()
+        pairs = (d for d, r in zip(self.digests, self.records, strict=True) if r.image_id in image_ids)
+        for sha256, label in sorted(pairs):
+            digest.update(f"{sha256}\t{label}\n".encode())
+        return digest.hexdigest()
+
+
+def _database_records(
+    rows: Sequence[_LabelledRow], label_space: LabelSpace, exclude_image_ids: Collection[int]
+) -> _DatabaseRecords:
+    known = set(label_space.known_labels)
+    found = _DatabaseRecords()
+    for row in rows:
+        if row.image_id in exclude_image_ids:
+            found.held_out += 1
+        elif row.label not in known:
+            found.unknown[row.label] += 1
+        elif not Path(row.path).is_file():
+            found.missing.append(row.image_id)
+        else:
+            group = image_group(row.source_id, row.path)
+            found.records.append(
+                ImageRecord(path=Path(row.path), label=row.label, group=group, image_id=row.image_id)
+            )
+            found.digests.append((row.sha256 or f"path:{row.path}", row.label))
+    if found.unknown:
+        logger.warning(
+            "left out %d labelled image(s) whose label is not a configured class: %s",
+            sum(found.unknown.values()),
+            dict(sorted(found.unknown.items())),
+        )
+    if found.missing:
+        logger.warning(
+            "left out %d labelled image(s) whose file is gone (first ids: %s)",
+            len(found.missing),
+            found.missing[:10],
+        )
+    return found
+
+
+def _leave_out_rare_types(
+    kept: list[ImageRecord], labels: list[int], class_names: Sequence[str]
+) -> tuple[list[ImageRecord], list[int], dict[str, int]]:
+    """Multiclass: leave out the defect types labelled only once, when two others remain. A type
+    labelled once cannot be on both sides of the split; in a loop that labels as it goes, it must not
+    hold the other types' model back until a second one turns up."""
+    counts = Counter(labels)
+    rare = {class_names[c]: n for c, n in sorted(counts.items()) if n < _MIN_IMAGES_PER_CLASS}
+    if not rare or len(counts) - len(rare) < 2:
+        return kept, labels, {}
+    logger.warning("multiclass: left out defect type(s) labelled only once so far: %s", sorted(rare))
+    pairs = [(r, y) for r, y in zip(kept, labels, strict=True) if class_names[y] not in rare]
+    return [r for r, _ in pairs], [y for _, y in pairs], rare
 
 
 def image_group(source_id: int, path: str | Path) -> str:
@@ -341,131 +366,55 @@ def image_group(source_id: int, path: str | Path) -> str:
     return f"source-{source_id}/{file_group(Path(path).stem)}"
 
 
-def _check_request(architecture: str, input_spec: InputSpec, val_fraction: float) -> None:
-    spec = get_spec(architecture)  # UnknownArchitectureError naming the valid ones
-    if input_spec.image_size < spec.min_input_size:
+def _check_request(request: TrainingRequest) -> None:
+    spec = get_spec(request.architecture)  # UnknownArchitectureError naming the valid ones
+    size = request.input_spec.image_size
+    if size < spec.min_input_size:
         raise DatasetError(
-            f"{architecture} needs images of at least {spec.min_input_size} px, got {input_spec.image_size}"
+            f"{request.architecture} needs images of at least {spec.min_input_size} px, got {size}"
         )
+    val_fraction = request.hyperparameters.val_fraction
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
 
 
 def _train_and_register(
+    request: TrainingRequest,
     *,
     sessions: sessionmaker[Session],
-    where: str,
-    kept: Sequence[ImageRecord],
-    labels: Sequence[int],
-    class_names: tuple[str, ...],
-    snapshot: dict[str, Any],
-    task: ModelTask,
-    architecture: str,
-    input_spec: InputSpec,
+    data: _LabelledSet,
     artifacts_dir: Path,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    val_fraction: float,
-    patience: int,
-    pretrained: bool,
-    weights: Path | None,
-    warm_start_version: str | None,
-    threads: int | None,
-    progress: bool,
-    actor: str,
-    trigger: TrainingTrigger = TrainingTrigger.MANUAL,
 ) -> TrainOutcome:
-    """Split ``kept`` by group, train, register; the part both sources of labels share."""
-    model_task = _TASKS[ModelTask(task)]
-    try:
-        train_idx, val_idx = group_split(kept, labels, val_fraction=val_fraction, seed=seed)
-    except ValueError as exc:
-        raise DatasetError(f"cannot split {where} into training and validation: {exc}") from exc
-    train_labels = [labels[i] for i in train_idx]
-    val_labels = [labels[i] for i in val_idx]
-
-    warm = _warm_start(sessions, warm_start_version, ModelTask(task), architecture, input_spec)
-    try:
-        config = TrainConfig(
-            architecture=architecture,
-            task=model_task,
-            class_names=class_names,
-            input_spec=input_spec,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            patience=patience,
-            seed=seed,
-            pretrained=pretrained,
-            weights=weights,
-            warm_start=None if warm is None else warm.artifact_path,
-            warm_start_sha256=None if warm is None else warm.artifact_sha256,
-            threads=threads,
-        )
-    except ModelError:
-        raise
-    except ValueError as exc:
-        raise DatasetError(f"invalid training settings: {exc}") from exc
-
-    snapshot = {
-        **snapshot,
-        "n_images": len(kept),
-        "n_train": len(train_idx),
-        "n_val": len(val_idx),
-        "val_groups": len({kept[i].group for i in val_idx}),
-        "train_groups": len({kept[i].group for i in train_idx}),
-        "val_fraction": val_fraction,
-        "split_seed": seed,
-        "labels": label_counts(kept),
-    }
-    run_id = _start_run(sessions, ModelTask(task), architecture, config, snapshot, actor, trigger)
+    """Split ``data`` by group, train, register; the part both sources of labels share. Everything that
+    can be refused is refused before the run row is written."""
+    split = _split(data, request.hyperparameters)
+    warm = _warm_start(sessions, request)
+    config = _train_config(request, data.class_names, warm)
+    snapshot = _run_snapshot(data, split, request.hyperparameters)
+    run_id = _start_run(sessions, request, config, snapshot)
     logger.info(
         "training run %d: %s %s on %s (%d train / %d val images)",
         run_id,
-        model_task,
-        architecture,
-        where,
-        len(train_idx),
-        len(val_idx),
+        request.model_task,
+        request.architecture,
+        data.where,
+        len(split.train_idx),
+        len(split.val_idx),
     )
-    started = time.perf_counter()
     try:
-        train_set = ImageDataset(
-            [kept[i] for i in train_idx], train_labels, input_spec, augment=True, cache=True
-        )
-        val_set = ImageDataset([kept[i] for i in val_idx], val_labels, input_spec, augment=False, cache=True)
-        result = train_model(config, train_set, val_set, progress=progress)
-        metrics: dict[str, Any] = {
-            **result.val_evaluation.to_dict(),
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            "history": [dict(row) for row in result.history],
-            "train_seconds": round(time.perf_counter() - started, 3),
-        }
-        threshold, refused = _tune_threshold(model_task, class_names, val_labels, result.val_probs)
-        if threshold is not None:
-            metrics[THRESHOLD_KEY] = threshold.threshold
-            metrics["threshold_tuning"] = {**threshold.to_dict(), "tuned_on": "validation split"}
-        elif refused is not None:  # recorded, so `versions`, `status` and reports can say why it calls at 0.5
-            metrics["threshold_tuning"] = {
-                "refused": refused,
-                "threshold": 0.5,
-                "tuned_on": "validation split",
-            }
-        outcome = _register(
+        result, metrics, threshold = _fit(request, config, data, split)
+        registered = _register(
             sessions=sessions,
             run_id=run_id,
-            task=ModelTask(task),
+            task=request.task,
             config=config,
             model=result.model,
             artifacts_dir=artifacts_dir,
             snapshot=snapshot,
             metrics=metrics,
             warm=warm,
-            n_train=len(train_idx),
-            n_val=len(val_idx),
+            n_train=len(split.train_idx),
+            n_val=len(split.val_idx),
         )
     except BaseException as exc:
         _fail_run(sessions, run_id, exc)
@@ -473,26 +422,115 @@ def _train_and_register(
     logger.info(
         "training run %d registered %s (%s), val macro-F1 %.4f",
         run_id,
-        outcome.version_name,
-        "champion" if outcome.is_champion else "candidate",
+        registered.version_name,
+        "champion" if registered.is_champion else "candidate",
         result.val_evaluation.macro_f1,
     )
     return TrainOutcome(
-        version_name=outcome.version_name,
-        version_id=outcome.version_id,
-        task=ModelTask(task),
-        is_champion=outcome.is_champion,
+        version_name=registered.version_name,
+        version_id=registered.version_id,
+        task=request.task,
+        is_champion=registered.is_champion,
         metrics=metrics,
         val_evaluation=result.val_evaluation,
-        artifact_path=outcome.artifact_path,
-        artifact_sha256=outcome.artifact_sha256,
-        n_train=len(train_idx),
-        n_val=len(val_idx),
+        artifact_path=registered.artifact_path,
+        artifact_sha256=registered.artifact_sha256,
+        n_train=len(split.train_idx),
+        n_val=len(split.val_idx),
         best_epoch=result.best_epoch,
         training_run_id=run_id,
         parent_name=None if warm is None else warm.name,
         threshold=threshold,
     )
+
+
+def _train_config(
+    request: TrainingRequest, class_names: tuple[str, ...], warm: _WarmStart | None
+) -> TrainConfig:
+    """The run's ``TrainConfig``; an invalid setting raises ``DatasetError`` (or ``ModelError``)."""
+    hyper = request.hyperparameters
+    try:
+        return TrainConfig(
+            architecture=request.architecture,
+            task=request.model_task,
+            class_names=class_names,
+            input_spec=request.input_spec,
+            epochs=hyper.epochs,
+            batch_size=hyper.batch_size,
+            lr=hyper.lr,
+            patience=hyper.patience,
+            seed=hyper.seed,
+            pretrained=request.pretrained,
+            weights=request.weights,
+            warm_start=None if warm is None else warm.artifact_path,
+            warm_start_sha256=None if warm is None else warm.artifact_sha256,
+            threads=request.threads,
+        )
+    except ModelError:
+        raise
+    except ValueError as exc:
+        raise DatasetError(f"invalid training settings: {exc}") from exc
+
+
+def _split(data: _LabelledSet, hyper: Hyperparameters) -> _Split:
+    try:
+        train_idx, val_idx = group_split(
+            data.kept, data.labels, val_fraction=hyper.val_fraction, seed=hyper.seed
+        )
+    except ValueError as exc:
+        raise DatasetError(f"cannot split {data.where} into training and validation: {exc}") from exc
+    return _Split(train_idx=list(train_idx), val_idx=list(val_idx))
+
+
+def _run_snapshot(data: _LabelledSet, split: _Split, hyper: Hyperparameters) -> dict[str, Any]:
+    """What the run and its version record about their data: the source's snapshot and the split."""
+    kept = data.kept
+    return {
+        **data.snapshot,
+        "n_images": len(kept),
+        "n_train": len(split.train_idx),
+        "n_val": len(split.val_idx),
+        "val_groups": len({kept[i].group for i in split.val_idx}),
+        "train_groups": len({kept[i].group for i in split.train_idx}),
+        "val_fraction": hyper.val_fraction,
+        "split_seed": hyper.seed,
+        "labels": label_counts(kept),
+    }
+
+
+def _fit(
+    request: TrainingRequest, config: TrainConfig, data: _LabelledSet, split: _Split
+) -> tuple[TrainResult, dict[str, Any], ThresholdChoice | None]:
+    """Train on the split; returns the result, the metrics the version records and the tuned threshold."""
+    started = time.perf_counter()
+    train_labels, val_labels = split.labels(data)
+    spec = request.input_spec
+    train_set = ImageDataset(
+        [data.kept[i] for i in split.train_idx], train_labels, spec, augment=True, cache=True
+    )
+    val_set = ImageDataset([data.kept[i] for i in split.val_idx], val_labels, spec, augment=False, cache=True)
+    result = train_model(config, train_set, val_set, progress=request.progress)
+    seconds = time.perf_counter() - started
+    threshold, refused = _tune_threshold(request.model_task, data.class_names, val_labels, result.val_probs)
+    return result, _metrics(result, seconds, threshold, refused), threshold
+
+
+def _metrics(
+    result: TrainResult, seconds: float, threshold: ThresholdChoice | None, refused: str | None
+) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        **result.val_evaluation.to_dict(),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "history": [dict(row) for row in result.history],
+        "train_seconds": round(seconds, 3),
+    }
+    if threshold is not None:
+        metrics[THRESHOLD_KEY] = threshold.threshold
+        metrics["threshold_tuning"] = {**threshold.to_dict(), "tuned_on": "validation split"}
+    elif refused is not None:  # recorded, so `versions`, `status` and reports can say why it calls at 0.5
+        metrics["threshold_tuning"] = {"refused": refused, "threshold": 0.5, "tuned_on": "validation split"}
+    return metrics
 
 
 def _tune_threshold(
@@ -531,22 +569,19 @@ def _tune_threshold(
 def _task_records(
     dataset: Path,
     task: Task,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     class_map: Mapping[str, str] | None,
 ) -> tuple[list[ImageRecord], list[int], tuple[str, ...]]:
-    known = (good_class, DEFECTIVE, *defect_classes)
-    records = scan_labelled_folder(dataset, class_map=class_map, known_labels=known)
+    records = scan_labelled_folder(dataset, class_map=class_map, known_labels=label_space.known_labels)
     try:
-        kept, labels, class_names = task_labels(
-            records, task, good_class=good_class, defect_classes=defect_classes
-        )
-    except ValueError as exc:  # the labels were checked above; this is a wrong class list
+        kept, labels, class_names = task_labels(records, task, label_space)
+    except ValueError as exc:  # the scan has checked the labels already; kept as a guard
         raise DatasetError(f"cannot label {dataset} for the {task} task: {exc}") from exc
     if not kept:
         raise DatasetError(
-            f"{dataset} has no images of a defect type ({', '.join(defect_classes)}): the multiclass task "
-            f"trains on defect-type folders only, and this folder holds {label_counts(records)}"
+            f"{dataset} has no images of a defect type ({', '.join(label_space.defect_classes)}): the "
+            "multiclass task trains on defect-type folders only, and this folder holds "
+            f"{label_counts(records)}"
         )
     return kept, labels, class_names
 
@@ -572,15 +607,11 @@ def _check_class_sizes(dataset: str, task: Task, labels: Sequence[int], class_na
         logger.warning("%s has no %s images: the model cannot learn those classes", dataset, absent)
 
 
-def _warm_start(
-    sessions: sessionmaker[Session],
-    name: str | None,
-    task: ModelTask,
-    architecture: str,
-    input_spec: InputSpec,
-) -> _WarmStart | None:
+def _warm_start(sessions: sessionmaker[Session], request: TrainingRequest) -> _WarmStart | None:
+    name = request.warm_start_version
     if name is None:
         return None
+    task, architecture, input_spec = request.task, request.architecture, request.input_spec
     with sessions() as session:
         version = repo.get_model_version_by_name(session=session, name=name)
         parent = _WarmStart(
@@ -613,20 +644,17 @@ def _describe_spec(spec: InputSpec) -> str:
 
 def _start_run(
     sessions: sessionmaker[Session],
-    task: ModelTask,
-    architecture: str,
+    request: TrainingRequest,
     config: TrainConfig,
     snapshot: Mapping[str, Any],
-    actor: str,
-    trigger: TrainingTrigger,
 ) -> int:
     with sessions() as session:
         run = repo.create_training_run(
             session=session,
-            task=task,
-            architecture=architecture,
-            trigger=trigger,
-            params={"config": config.to_dict(), "snapshot": dict(snapshot), "actor": actor},
+            task=request.task,
+            architecture=request.architecture,
+            trigger=request.trigger,
+            params={"config": config.to_dict(), "snapshot": dict(snapshot), "actor": request.actor},
         )
         repo.start_training_run(session=session, run_id=run.id)
         session.commit()
@@ -758,8 +786,7 @@ def evaluate_on_folder(
     sessions: sessionmaker[Session],
     version_name: str,
     dataset: Path,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     class_map: Mapping[str, str] | None = None,
     batch_size: int = 64,
 ) -> EvaluationOutcome:
@@ -783,13 +810,12 @@ def evaluate_on_folder(
         threshold = stored_threshold(version.metrics) if task is ModelTask.BINARY else None
 
     model_task = _TASKS[task]
-    defects = tuple(defect_classes) if task is ModelTask.BINARY else classes
-    known = (good_class, DEFECTIVE, *defect_classes, *defects)
+    defects = label_space.defect_classes if task is ModelTask.BINARY else classes
+    known = (*label_space.known_labels, *defects)
     records = scan_labelled_folder(dataset, class_map=class_map, known_labels=tuple(dict.fromkeys(known)))
     try:
-        kept, labels, class_names = task_labels(
-            records, model_task, good_class=good_class, defect_classes=defects
-        )
+        scored = LabelSpace(label_space.good_class, defects)  # multiclass: the version's own types
+        kept, labels, class_names = task_labels(records, model_task, scored)
     except ValueError as exc:
         raise DatasetError(
             f"cannot score {version_name} on {dataset}: {exc}; a {task} version knows {', '.join(classes)}"

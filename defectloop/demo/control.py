@@ -30,6 +30,7 @@ from models.comparison import (
     tune_threshold,
 )
 from models.data import ImageDataset, ImageRecord, InputSpec, file_group, group_split, task_labels
+from models.labels import LabelSpace
 from models.train import TrainConfig, load_checkpoint, predict_dataset, train_model
 
 logger = logging.getLogger(__name__)
@@ -129,15 +130,12 @@ def _train_task(
     photos: Sequence[tuple[Path, str]],
     hyper: Mapping[str, Any],
     *,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     threads: int | None,
 ) -> ScoringModel | None:
     task = hyper["task"]
     records = [ImageRecord(path=p, label=label, group=file_group(p.stem)) for p, label in photos]
-    kept, labels, class_names = task_labels(
-        records, task, good_class=good_class, defect_classes=tuple(defect_classes)
-    )
+    kept, labels, class_names = task_labels(records, task, label_space)
     counts = {c: labels.count(c) for c in set(labels)}
     rare = {c for c, n in counts.items() if n < _MIN_PER_CLASS}
     if task == "multiclass" and rare and len(counts) - len(rare) >= 2:
@@ -181,25 +179,16 @@ def train_random_arm(
     *,
     binary_hyperparameters: Mapping[str, Any],
     multiclass_hyperparameters: Mapping[str, Any] | None,
-    good_class: str,
-    defect_classes: Sequence[str],
+    label_space: LabelSpace,
     threads: int | None = None,
 ) -> tuple[ScoringModel | None, ScoringModel | None]:
     """Train the random arm's binary and multiclass models on its labelled photos (path, label) with the
     active champions' hyper-parameters; a task whose labels cannot be split (a class labelled once, a
     single class) gives None, as the loop's retrain refuses it."""
-    binary = _train_task(
-        photos, binary_hyperparameters, good_class=good_class, defect_classes=defect_classes, threads=threads
-    )
+    binary = _train_task(photos, binary_hyperparameters, label_space=label_space, threads=threads)
     multiclass = None
     if multiclass_hyperparameters is not None:
-        multiclass = _train_task(
-            photos,
-            multiclass_hyperparameters,
-            good_class=good_class,
-            defect_classes=defect_classes,
-            threads=threads,
-        )
+        multiclass = _train_task(photos, multiclass_hyperparameters, label_space=label_space, threads=threads)
     return binary, multiclass
 
 

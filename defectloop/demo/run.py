@@ -949,8 +949,7 @@ class DemoRunner:
                 random_photos,
                 binary_hyperparameters=hyper[0],
                 multiclass_hyperparameters=hyper[1],
-                good_class=good,
-                defect_classes=settings.defect_classes,
+                label_space=settings.label_space,
             )
         timings["train"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -1021,8 +1020,7 @@ class DemoRunner:
                 photos_at(made_in),
                 binary_hyperparameters=hyper[0],
                 multiclass_hyperparameters=hyper[1],
-                good_class=settings.good_class,
-                defect_classes=settings.defect_classes,
+                label_space=settings.label_space,
             )
             champions[task] = trained[0] if task == "binary" else trained[1]
         self.random_champions = champions

@@ -26,6 +26,7 @@ from db.schema import Annotation, ImageStatus, ModelTask, SourceKind
 from defectloop.settings import DEFAULT_CLASSES
 from labelling.devserver import LabelStudioServer, find_free_port
 from labelling.names import IMAGE_ID_KEY, SECRET_HEADER
+from models.labels import LabelSpace
 from tests.label_studio_fixtures import unique_project_title
 from tests.labelling_deployment import DEFECTLOOP, N_IMAGES, SECRET, Deployment, deploy, register_champion
 from workers import classification
@@ -266,8 +267,7 @@ def test_a_push_cut_off_after_label_studio_took_the_task_adopts_it_instead_of_du
         [image_id],
         sessions=deployment.sessions,
         champions=champions,
-        good_class=DEFAULT_CLASSES[0],
-        defect_classes=DEFAULT_CLASSES[1:],
+        label_space=LabelSpace.from_classes(DEFAULT_CLASSES),
         batch_size=8,
     )
     project_id = deployment.project_id

@@ -30,6 +30,7 @@ from models.data import (
     scan_image_folder,
     task_labels,
 )
+from models.labels import LabelSpace
 
 DEFECTS = ("hole", "seam_puckering", "uncut_thread", "raw_edge", "broken_stitch")
 
@@ -160,7 +161,7 @@ def test_scan_of_a_missing_folder_says_so(tmp_path: Path) -> None:
 
 def test_binary_task_folds_every_defect_into_one_class() -> None:
     records = [_record("a", "ok"), _record("b", "hole"), _record("c", "defective"), _record("d", "raw_edge")]
-    kept, labels, names = task_labels(records, "binary", defect_classes=DEFECTS)
+    kept, labels, names = task_labels(records, "binary", LabelSpace("ok", DEFECTS))
     assert kept == records
     assert labels == [0, 1, 1, 1]
     assert names == ("ok", "defective")
@@ -168,7 +169,7 @@ def test_binary_task_folds_every_defect_into_one_class() -> None:
 
 def test_multiclass_task_keeps_typed_defects_only() -> None:
     records = [_record("a", "ok"), _record("b", "raw_edge"), _record("c", "defective"), _record("d", "hole")]
-    kept, labels, names = task_labels(records, "multiclass", defect_classes=("hole", "raw_edge"))
+    kept, labels, names = task_labels(records, "multiclass", LabelSpace("ok", ("hole", "raw_edge")))
     assert [r.group for r in kept] == ["b", "d"]
     assert labels == [1, 0]
     assert names == ("hole", "raw_edge")
@@ -178,12 +179,12 @@ def test_multiclass_task_keeps_typed_defects_only() -> None:
 def test_an_unknown_label_is_named_with_the_known_ones(task: str) -> None:
     records = [_record("a", "ok"), _record("b", "stain")]
     with pytest.raises(ValueError, match=r"'stain'.*known labels: ok, defective, hole"):
-        task_labels(records, task, defect_classes=("hole",))  # type: ignore[arg-type]
+        task_labels(records, task, LabelSpace("ok", ("hole",)))  # type: ignore[arg-type]
 
 
 def test_an_unlabelled_record_is_refused() -> None:
     with pytest.raises(ValueError, match="None"):
-        task_labels([_record("a", None)], "binary", defect_classes=("hole",))
+        task_labels([_record("a", None)], "binary", LabelSpace("ok", ("hole",)))
 
 
 # --- splits ---------------------------------------------------------------------------------------
@@ -377,7 +378,7 @@ def test_augmentation_keeps_shape_and_range_and_repeats_under_a_seed() -> None:
 def test_dataset_decodes_each_file_once_and_augments_repeatably(
     synth: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    records, labels, _ = task_labels(scan_image_folder(synth)[:6], "binary", defect_classes=DEFECTS)
+    records, labels, _ = task_labels(scan_image_folder(synth)[:6], "binary", LabelSpace("ok", DEFECTS))
     calls: list[Path] = []
     real = data_module.decode_image
 

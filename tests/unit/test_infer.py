@@ -22,6 +22,7 @@ from models.infer import (
     combine_predictions,
     iter_batches,
 )
+from models.labels import LabelSpace
 from models.registry import ARCHITECTURES, create_model, embedding_dim, enable_mc_dropout
 
 # models.infer uses torch's TorchScript-based ONNX exporter on purpose (see _build_ort); its
@@ -35,6 +36,7 @@ ARCH_NAMES = sorted(ARCHITECTURES)
 SIZE = 48
 CLASSES = ("ok", "hole", "raw_edge")
 DEFECTS = ("hole", "seam_puckering", "uncut_thread")
+LABELS = LabelSpace("ok", DEFECTS)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -268,7 +270,7 @@ BINARY = ("ok", "defective")
 def test_combine_hand_computed_example() -> None:
     binary = _output([[0.2, 0.8]], BINARY)
     multi = _output([[0.5, 0.25, 0.25]], DEFECTS)
-    combined = combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS)
+    combined = combine_predictions(binary, multi, label_space=LABELS)
     assert combined.class_names == ("ok", *DEFECTS)
     np.testing.assert_allclose(combined.probs, [[0.2, 0.4, 0.2, 0.2]], atol=1e-12)
     assert combined.labels == ("hole",)
@@ -287,29 +289,29 @@ def test_the_call_follows_the_binary_decision_at_its_threshold() -> None:
     # model calls it defective, so the call is its most likely type.
     binary = _output([[0.4, 0.6], [0.75, 0.25], [0.9, 0.1]], BINARY)
     multi = _output([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.3, 0.4, 0.3]], DEFECTS)
-    at_half = combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS)
+    at_half = combine_predictions(binary, multi, label_space=LABELS)
     assert at_half.labels == ("hole", "ok", "ok")
     np.testing.assert_allclose(at_half.confidence, [0.3, 0.75, 0.9])
     # A version tuned to a threshold of 0.2 (a rare-defect line) calls the second image defective too.
-    tuned = combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS, defect_threshold=0.2)
+    tuned = combine_predictions(binary, multi, label_space=LABELS, defect_threshold=0.2)
     assert tuned.labels == ("hole", DEFECTS[2], "ok")
     np.testing.assert_allclose(tuned.confidence, [0.3, 0.25 * 0.6, 0.9])
     np.testing.assert_allclose(tuned.probs, at_half.probs)  # the distribution itself does not move
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="defect_threshold"):
-            combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS, defect_threshold=bad)
+            combine_predictions(binary, multi, label_space=LABELS, defect_threshold=bad)
 
 
 def test_combine_matches_multiclass_columns_by_name() -> None:
     binary = _output([[0.2, 0.8]], BINARY)
     multi = _output([[0.25, 0.5, 0.25]], ("uncut_thread", "hole", "seam_puckering"))
-    combined = combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS)
+    combined = combine_predictions(binary, multi, label_space=LABELS)
     np.testing.assert_allclose(combined.probs, [[0.2, 0.4, 0.2, 0.2]], atol=1e-12)
 
 
 def test_combine_without_a_multiclass_model_spreads_p_defect_evenly() -> None:
     binary = _output([[0.7, 0.3], [0.1, 0.9]], BINARY)
-    combined = combine_predictions(binary, None, good_class="ok", defect_classes=DEFECTS)
+    combined = combine_predictions(binary, None, label_space=LABELS)
     np.testing.assert_allclose(combined.probs, [[0.7, 0.1, 0.1, 0.1], [0.1, 0.3, 0.3, 0.3]], atol=1e-12)
     np.testing.assert_allclose(combined.probs.sum(axis=1), 1.0)
     assert combined.labels[0] == "ok"
@@ -323,7 +325,7 @@ def test_combine_mc_passes() -> None:
     binary = _output(b_mc.mean(0), BINARY, b_mc)
     multi = _output(m_mc.mean(0), DEFECTS, m_mc)
 
-    both = combine_predictions(binary, multi, good_class="ok", defect_classes=DEFECTS)
+    both = combine_predictions(binary, multi, label_space=LABELS)
     assert both.mc_probs is not None
     assert both.mc_probs.shape == (t, n, 1 + k)
     np.testing.assert_allclose(both.mc_probs[:, :, 0], 1 - b_mc[:, :, 1])
@@ -334,44 +336,34 @@ def test_combine_mc_passes() -> None:
         assert np.isfinite(scores).all()
     assert (both.uncertainty["bald"] >= 0).all()
 
-    binary_only = combine_predictions(
-        binary, _output(m_mc.mean(0), DEFECTS), good_class="ok", defect_classes=DEFECTS
-    )
+    binary_only = combine_predictions(binary, _output(m_mc.mean(0), DEFECTS), label_space=LABELS)
     assert binary_only.mc_probs is not None
     np.testing.assert_allclose(binary_only.mc_probs[:, :, 1:], b_mc[:, :, 1:2] * m_mc.mean(0)[None])
 
-    no_multiclass = combine_predictions(binary, None, good_class="ok", defect_classes=DEFECTS)
+    no_multiclass = combine_predictions(binary, None, label_space=LABELS)
     assert no_multiclass.mc_probs is not None
     assert "bald" in no_multiclass.uncertainty
 
-    multi_only = combine_predictions(
-        _output(b_mc.mean(0), BINARY), multi, good_class="ok", defect_classes=DEFECTS
-    )
+    multi_only = combine_predictions(_output(b_mc.mean(0), BINARY), multi, label_space=LABELS)
     assert multi_only.mc_probs is not None
     assert multi_only.mc_probs.shape == (t, n, 1 + k)
 
     with pytest.raises(ValueError, match="MC passes"):
-        combine_predictions(
-            binary, _output(m_mc.mean(0), DEFECTS, m_mc[:3]), good_class="ok", defect_classes=DEFECTS
-        )
+        combine_predictions(binary, _output(m_mc.mean(0), DEFECTS, m_mc[:3]), label_space=LABELS)
 
 
 def test_combine_rejects_mismatched_inputs() -> None:
     binary = _output([[0.2, 0.8]], BINARY)
     with pytest.raises(ValueError, match="defect classes"):
         combine_predictions(
-            binary, _output([[0.5, 0.5]], ("hole", "other")), good_class="ok", defect_classes=("hole", "x")
+            binary, _output([[0.5, 0.5]], ("hole", "other")), label_space=LabelSpace("ok", ("hole", "x"))
         )
     with pytest.raises(ValueError, match="cover"):
-        combine_predictions(
-            binary, _output([[1.0, 0.0, 0.0]] * 2, DEFECTS), good_class="ok", defect_classes=DEFECTS
-        )
+        combine_predictions(binary, _output([[1.0, 0.0, 0.0]] * 2, DEFECTS), label_space=LABELS)
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
-        combine_predictions(
-            _output([[0.2, 0.3, 0.5]], ("a", "b", "c")), None, good_class="ok", defect_classes=DEFECTS
-        )
-    with pytest.raises(ValueError, match="exclude the good class"):
-        combine_predictions(binary, None, good_class="ok", defect_classes=("ok", "hole"))
+        combine_predictions(_output([[0.2, 0.3, 0.5]], ("a", "b", "c")), None, label_space=LABELS)
+    with pytest.raises(ValueError, match="must not be one of defect_classes"):
+        combine_predictions(binary, None, label_space=LabelSpace("ok", ("ok", "hole")))
 
 
 def test_end_to_end_predictors_combine() -> None:
@@ -382,9 +374,7 @@ def test_end_to_end_predictors_combine() -> None:
     binary = Predictor(binary_model, "resnet18", class_names=BINARY, **kwargs)
     multi = Predictor(multi_model, "improved_cnn", class_names=DEFECTS, **kwargs)
     x = _images(1, n=4)
-    combined = combine_predictions(
-        binary.predict(x), multi.predict(x), good_class="ok", defect_classes=DEFECTS
-    )
+    combined = combine_predictions(binary.predict(x), multi.predict(x), label_space=LABELS)
     assert combined.probs.shape == (4, 4)
     assert combined.mc_probs is not None
     np.testing.assert_allclose(combined.probs.sum(axis=1), 1.0, atol=1e-12)

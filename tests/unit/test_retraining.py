@@ -45,6 +45,7 @@ from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.comparison import PromotionPolicy
 from models.data import InputSpec
+from models.labels import LabelSpace
 from workers.errors import DatasetError
 from workers.importing import import_folder
 from workers.retrain_policy import (
@@ -76,16 +77,34 @@ from workers.retraining_tasks import (
     RetrainingConfig,
     check_retrain_policy,
 )
-from workers.training import image_group, train_from_database, train_from_folder
+from workers.training import (
+    Hyperparameters,
+    TrainingRequest,
+    image_group,
+    train_from_database,
+    train_from_folder,
+)
 
 DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
 GOOD, DEFECTS = DEFAULT_CLASSES[0], DEFAULT_CLASSES[1:]
 KNOWN = (GOOD, "defective", *DEFECTS)
 SPEC = InputSpec(image_size=32, channels=1)
-TINY = {"epochs": 1, "batch_size": 8, "threads": 1, "val_fraction": 0.25}
+LABELS = LabelSpace(GOOD, DEFECTS)
+TINY = Hyperparameters(epochs=1, batch_size=8, val_fraction=0.25)
 LENIENT = PromotionPolicy(min_macro_f1_gain=-1.0, require_significance=False, n_boot=200)
 STRICT = PromotionPolicy(min_macro_f1_gain=1.0, n_boot=200)
 SHA = "a" * 64
+
+
+def _request(task: ModelTask) -> TrainingRequest:
+    return TrainingRequest(
+        task=task,
+        architecture="baseline_cnn",
+        label_space=LABELS,
+        input_spec=SPEC,
+        hyperparameters=TINY,
+        threads=1,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +214,7 @@ def test_evaluation_sets_hold_out_whole_groups_grow_with_new_labels_and_keep_fir
         for i, src in enumerate(sorted((fresh / cls).glob("*.png"))[:6]):
             shutil.copy(src, tiles / cls / f"strip{cls}{i // 3}_t{i % 3:02d}.png")
 
-    first = update_evaluation_sets(sessions=sessions, good_class=GOOD, defect_classes=DEFECTS, fraction=0.3)
+    first = update_evaluation_sets(sessions=sessions, label_space=LABELS, fraction=0.3)
     assert first.created
     labelled = _labelled(sessions)
     binary, multiclass = _members(sessions, ModelTask.BINARY), _members(sessions, ModelTask.MULTICLASS)
@@ -207,7 +226,7 @@ def test_evaluation_sets_hold_out_whole_groups_grow_with_new_labels_and_keep_fir
     assert multiclass == {i: labelled[i][1] for i in binary if labelled[i][1] in DEFECTS}
     assert first.members == {ModelTask.BINARY: len(binary), ModelTask.MULTICLASS: len(multiclass)}
 
-    again = update_evaluation_sets(sessions=sessions, good_class=GOOD, defect_classes=DEFECTS, fraction=0.3)
+    again = update_evaluation_sets(sessions=sessions, label_space=LABELS, fraction=0.3)
     assert not again.created
     assert again.rule == first.rule
     assert again.added == {ModelTask.BINARY: 0, ModelTask.MULTICLASS: 0}
@@ -222,9 +241,7 @@ def test_evaluation_sets_hold_out_whole_groups_grow_with_new_labels_and_keep_fir
     _import(sessions, tiles, source="tiles")
     before = held_out_image_ids(sessions)  # what training must leave out, before the sets are topped up
     with caplog.at_level(logging.WARNING, logger="workers.retraining"):
-        grown = update_evaluation_sets(
-            sessions=sessions, good_class=GOOD, defect_classes=DEFECTS, fraction=0.9
-        )
+        grown = update_evaluation_sets(sessions=sessions, label_space=LABELS, fraction=0.9)
     assert "the setting asks for 0.900 and is ignored" in caplog.text
     assert grown.rule == first.rule
     binary = _members(sessions, ModelTask.BINARY)
@@ -250,18 +267,13 @@ def test_training_on_the_database_never_sees_an_evaluation_image(
     sessions: sessionmaker[Session], labelled_folder: Path, tmp_path: Path
 ) -> None:
     _import(sessions, labelled_folder)
-    sets = update_evaluation_sets(sessions=sessions, good_class=GOOD, defect_classes=DEFECTS, fraction=0.25)
+    sets = update_evaluation_sets(sessions=sessions, label_space=LABELS, fraction=0.25)
     held = sets.held_out_image_ids
     outcome = train_from_database(
+        _request(ModelTask.BINARY),
         sessions=sessions,
-        task=ModelTask.BINARY,
-        architecture="baseline_cnn",
-        good_class=GOOD,
-        defect_classes=DEFECTS,
-        input_spec=SPEC,
         artifacts_dir=tmp_path / "artifacts",
         exclude_image_ids=held,
-        **TINY,
     )
     assert outcome.n_train + outcome.n_val == 60 - len(held)
     with sessions() as session:
@@ -282,12 +294,12 @@ def test_retrain_trains_every_architecture_and_compare_decides_records_and_promo
         sessions=sessions,
         tasks=(ModelTask.BINARY, ModelTask.MULTICLASS),
         architectures=("baseline_cnn", "improved_cnn"),
-        good_class=GOOD,
-        defect_classes=DEFECTS,
+        label_space=LABELS,
         input_spec=SPEC,
         artifacts_dir=tmp_path / "artifacts",
         evaluation_fraction=0.3,
-        **TINY,
+        hyperparameters=TINY,
+        threads=1,
     )
     assert report.failed == []
     assert [(o.version_name, o.is_champion) for o in report.trained] == [
@@ -316,15 +328,10 @@ def test_retrain_trains_every_architecture_and_compare_decides_records_and_promo
 
     # A version trained on the folder itself has seen the set's images, and the comparison says so.
     folder_trained = train_from_folder(
+        _request(ModelTask.BINARY),
         sessions=sessions,
         dataset=labelled_folder,
-        task=ModelTask.BINARY,
-        architecture="baseline_cnn",
-        good_class=GOOD,
-        defect_classes=DEFECTS,
-        input_spec=SPEC,
         artifacts_dir=tmp_path / "artifacts",
-        **TINY,
     )
     [leaky] = compare_challengers(
         sessions=sessions, task=ModelTask.BINARY, challengers=[folder_trained.version_name], policy=STRICT
@@ -632,16 +639,12 @@ def test_a_requested_retrain_trains_closes_its_requests_and_a_duplicate_message_
 ) -> None:
     artifacts = tmp_path / "artifacts"
     plan = _config().plan
-    nothing = run_requested_retrain(
-        sessions=sessions, plan=plan, good_class=GOOD, defect_classes=DEFECTS, artifacts_dir=artifacts
-    )
+    nothing = run_requested_retrain(sessions=sessions, plan=plan, label_space=LABELS, artifacts_dir=artifacts)
     assert nothing["claimed"] == []
 
     # No labels yet: the request fails, saying why.
     empty = request_retrain(sessions=sessions, trigger=TrainingTrigger.MANUAL, reason="by hand")
-    failed = run_requested_retrain(
-        sessions=sessions, plan=plan, good_class=GOOD, defect_classes=DEFECTS, artifacts_dir=artifacts
-    )
+    failed = run_requested_retrain(sessions=sessions, plan=plan, label_space=LABELS, artifacts_dir=artifacts)
     assert failed["trained"] == []
     assert len(failed["failed"]) == 2
     with sessions() as session:
@@ -652,9 +655,7 @@ def test_a_requested_retrain_trains_closes_its_requests_and_a_duplicate_message_
 
     _import(sessions, labelled_folder)
     requests = request_retrain(sessions=sessions, trigger=TrainingTrigger.LABEL_COUNT, reason="60 labels")
-    done = run_requested_retrain(
-        sessions=sessions, plan=plan, good_class=GOOD, defect_classes=DEFECTS, artifacts_dir=artifacts
-    )
+    done = run_requested_retrain(sessions=sessions, plan=plan, label_space=LABELS, artifacts_dir=artifacts)
     assert sorted(done["claimed"]) == sorted(requests)
     assert done["trained"] == ["binary-baseline_cnn-0001", "multiclass-baseline_cnn-0001"]
     assert done["comparisons"] == [], "first versions: nothing to compare with"
@@ -672,7 +673,7 @@ def test_a_requested_retrain_trains_closes_its_requests_and_a_duplicate_message_
     promoting = RetrainPlan(**{**plan.__dict__, "auto_promote": True})
     request_retrain(sessions=sessions, trigger=TrainingTrigger.MANUAL, reason="again")
     second = run_requested_retrain(
-        sessions=sessions, plan=promoting, good_class=GOOD, defect_classes=DEFECTS, artifacts_dir=artifacts
+        sessions=sessions, plan=promoting, label_space=LABELS, artifacts_dir=artifacts
     )
     assert second["trained"] == ["binary-baseline_cnn-0002", "multiclass-baseline_cnn-0002"]
     assert [(c["task"], c["promoted"]) for c in second["comparisons"]] == [

@@ -21,6 +21,7 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     assert settings.classes == DEFAULT_CLASSES
     assert settings.good_class == "ok"
     assert "ok" not in settings.defect_classes
+    assert settings.label_space.classes == DEFAULT_CLASSES
     assert settings.label_studio_api_key is None
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from defectloop.synth import DEFAULT_CLASSES, generate_dataset
 from models.data import ImageDataset, InputSpec, group_split, scan_image_folder, task_labels
+from models.labels import LabelSpace
 from models.train import TrainConfig, TrainResult, train_model
 
 DEFECTS = tuple(c for c in DEFAULT_CLASSES if c != "ok")
@@ -38,7 +39,7 @@ def train_ok_vs_defective(root: Path, seed: int) -> TrainResult:
         root / "defective", n=N_PER_SIDE, seed=seed + 10_000, size=SIZE, classes=DEFECTS, write_masks=False
     )
     records = scan_image_folder(root / "ok") + scan_image_folder(root / "defective")
-    kept, labels, names = task_labels(records, "binary", defect_classes=DEFECTS)
+    kept, labels, names = task_labels(records, "binary", LabelSpace("ok", DEFECTS))
     train_idx, val_idx = group_split(kept, labels, val_fraction=0.3, seed=seed)
     spec = InputSpec(image_size=SIZE, channels=1)
     train = ImageDataset([kept[i] for i in train_idx], [labels[i] for i in train_idx], spec, augment=True)

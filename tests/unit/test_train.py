@@ -21,6 +21,7 @@ import models.train as train_module
 from defectloop.synth import generate_dataset, iter_samples
 from models.data import ImageDataset, InputSpec, group_split, scan_image_folder, task_labels
 from models.errors import CheckpointIntegrityError, ModelError, UnknownArchitectureError
+from models.labels import LabelSpace
 from models.registry import create_model
 from models.train import (
     TrainConfig,
@@ -42,7 +43,7 @@ def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _datasets(root: Path, spec: InputSpec, *, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
-    records, labels, _ = task_labels(scan_image_folder(root), "binary", defect_classes=("hole",))
+    records, labels, _ = task_labels(scan_image_folder(root), "binary", LabelSpace("ok", ("hole",)))
     train_idx, val_idx = group_split(records, labels, val_fraction=0.3, seed=seed)
     train = ImageDataset([records[i] for i in train_idx], [labels[i] for i in train_idx], spec, augment=True)
     val = ImageDataset([records[i] for i in val_idx], [labels[i] for i in val_idx], spec, augment=False)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,24 @@ from defectloop.synth import generate_dataset
 from models.comparison import threshold_flag
 from models.data import InputSpec
 from models.errors import CheckpointIntegrityError, ModelError, UnknownArchitectureError
+from models.labels import LabelSpace
 from models.train import file_sha256
 from workers.errors import DatasetError, IncompatibleVersionError
 from workers.importing import import_folder
-from workers.training import TrainOutcome, evaluate_on_folder, train_from_database, train_from_folder
+from workers.training import (
+    Hyperparameters,
+    TrainingRequest,
+    TrainOutcome,
+    evaluate_on_folder,
+    train_from_database,
+    train_from_folder,
+)
 
 DEFECTLOOP = str(Path(sys.executable).parent / "defectloop")
 GOOD, DEFECTS = DEFAULT_CLASSES[0], DEFAULT_CLASSES[1:]
 SPEC = InputSpec(image_size=32, channels=1)
+LABELS = LabelSpace(GOOD, DEFECTS)
+_HYPER = tuple(f.name for f in fields(Hyperparameters))
 
 
 @pytest.fixture(autouse=True)
@@ -70,23 +81,34 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def _train(sessions: sessionmaker[Session], dataset: Path, artifacts: Path, **overrides: Any) -> TrainOutcome:
-    kwargs: dict[str, Any] = {
-        "sessions": sessions,
-        "dataset": dataset,
+def _request(**overrides: Any) -> TrainingRequest:
+    """A one-epoch binary baseline_cnn request; ``overrides`` may name request and hyper-parameter fields."""
+    hyper = {name: overrides.pop(name) for name in _HYPER if name in overrides}
+    base: dict[str, Any] = {
         "task": ModelTask.BINARY,
         "architecture": "baseline_cnn",
-        "good_class": GOOD,
-        "defect_classes": DEFECTS,
+        "label_space": LABELS,
         "input_spec": SPEC,
-        "artifacts_dir": artifacts,
-        "epochs": 1,
-        "batch_size": 8,
-        "val_fraction": 0.25,
         "threads": 1,
+        "hyperparameters": Hyperparameters(**{"epochs": 1, "batch_size": 8, "val_fraction": 0.25, **hyper}),
     }
-    kwargs.update(overrides)
-    return train_from_folder(**kwargs)
+    return TrainingRequest(**(base | overrides))
+
+
+def _train(
+    sessions: sessionmaker[Session],
+    dataset: Path,
+    artifacts: Path,
+    class_map: dict[str, str] | None = None,
+    **overrides: Any,
+) -> TrainOutcome:
+    return train_from_folder(
+        _request(**overrides),
+        sessions=sessions,
+        dataset=dataset,
+        artifacts_dir=artifacts,
+        class_map=class_map,
+    )
 
 
 def _renamed_copy(source: Path, target: Path, renames: dict[str, str]) -> Path:
@@ -208,6 +230,17 @@ def test_a_validation_split_that_cannot_be_tuned_on_gets_no_degenerate_threshold
         assert threshold_flag(version.metrics) == f"not tuned: {tuning['refused']}"
 
 
+def test_a_request_with_invalid_settings_is_refused_before_a_run_is_recorded(
+    sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
+) -> None:
+    assert _request(task="multiclass").task is ModelTask.MULTICLASS
+    with pytest.raises(DatasetError, match="invalid training settings: epochs"):
+        _train(sessions, binary_folder, tmp_path / "artifacts", epochs=0)
+    with pytest.raises(DatasetError, match="val_fraction"):
+        _train(sessions, binary_folder, tmp_path / "artifacts", val_fraction=1.0)
+    assert _count(sessions, TrainingRun) == 0
+
+
 def test_an_unknown_architecture_is_refused_before_anything_is_recorded(
     sessions: sessionmaker[Session], binary_folder: Path, tmp_path: Path
 ) -> None:
@@ -296,8 +329,7 @@ def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
         sessions=sessions,
         version_name=trained.version_name,
         dataset=binary_folder,
-        good_class=GOOD,
-        defect_classes=DEFECTS,
+        label_space=LABELS,
     )
     assert outcome.n_images == 16
     assert outcome.evaluation.ece is not None
@@ -324,8 +356,7 @@ def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
             sessions=sessions,
             version_name=trained.version_name,
             dataset=binary_folder,
-            good_class=GOOD,
-            defect_classes=DEFECTS,
+            label_space=LABELS,
         )
         assert at.threshold == threshold
         assert sum(row[1] for row in at.evaluation.confusion) == called_defective
@@ -342,8 +373,7 @@ def test_evaluate_records_the_metrics_and_refuses_a_changed_checkpoint(
             sessions=sessions,
             version_name=trained.version_name,
             dataset=binary_folder,
-            good_class=GOOD,
-            defect_classes=DEFECTS,
+            label_space=LABELS,
         )
     assert _count(sessions, ModelEvaluation) == 3
 
@@ -365,12 +395,10 @@ def test_training_on_the_database_uses_the_current_labels_and_leaves_out_what_it
 ) -> None:
     with pytest.raises(DatasetError, match="none to train on"):
         train_from_database(
+            TrainingRequest(
+                task=ModelTask.BINARY, architecture="baseline_cnn", label_space=LABELS, input_spec=SPEC
+            ),
             sessions=sessions,
-            task=ModelTask.BINARY,
-            architecture="baseline_cnn",
-            good_class=GOOD,
-            defect_classes=DEFECTS,
-            input_spec=SPEC,
             artifacts_dir=tmp_path / "artifacts",
         )
     assert _count(sessions, TrainingRun) == 0
@@ -383,20 +411,9 @@ def test_training_on_the_database_uses_the_current_labels_and_leaves_out_what_it
     holes[0].unlink()  # the file is gone: left out
 
     def train_db(**overrides: Any) -> TrainOutcome:
-        kwargs: dict[str, Any] = {
-            "sessions": sessions,
-            "task": ModelTask.BINARY,
-            "architecture": "baseline_cnn",
-            "good_class": GOOD,
-            "defect_classes": DEFECTS,
-            "input_spec": SPEC,
-            "artifacts_dir": tmp_path / "artifacts",
-            "epochs": 1,
-            "batch_size": 8,
-            "val_fraction": 0.25,
-            "threads": 1,
-        }
-        return train_from_database(**(kwargs | overrides))
+        return train_from_database(
+            _request(**overrides), sessions=sessions, artifacts_dir=tmp_path / "artifacts"
+        )
 
     first = train_db()
     assert first.is_champion

@@ -17,13 +17,14 @@ from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.data import InputSpec
+from models.labels import LabelSpace
 from workers.errors import DatasetError
 from workers.importing import import_folder
-from workers.training import train_from_database
+from workers.training import Hyperparameters, TrainingRequest, train_from_database
 
 GOOD, DEFECTS = DEFAULT_CLASSES[0], DEFAULT_CLASSES[1:]
 SPEC = InputSpec(image_size=32, channels=1)
-TINY = {"epochs": 1, "batch_size": 8, "threads": 1, "val_fraction": 0.25}
+TINY = Hyperparameters(epochs=1, batch_size=8, val_fraction=0.25)
 
 
 @pytest.fixture
@@ -48,16 +49,15 @@ def _folder(tmp_path: Path, keep: dict[str, int]) -> Path:
 
 
 def _train(sessions: sessionmaker[Session], tmp_path: Path) -> int:
-    outcome = train_from_database(
-        sessions=sessions,
+    request = TrainingRequest(
         task=ModelTask.MULTICLASS,
         architecture="baseline_cnn",
-        good_class=GOOD,
-        defect_classes=DEFECTS,
+        label_space=LabelSpace(GOOD, DEFECTS),
         input_spec=SPEC,
-        artifacts_dir=tmp_path / "artifacts",
-        **TINY,
+        hyperparameters=TINY,
+        threads=1,
     )
+    outcome = train_from_database(request, sessions=sessions, artifacts_dir=tmp_path / "artifacts")
     return outcome.version_id
 
 

@@ -29,6 +29,7 @@ from db.session import create_engine_for, make_session_factory
 from defectloop.app import ingest_config, worker_config
 from defectloop.settings import DEFAULT_CLASSES, load_settings
 from models.infer import PredictionOutput
+from models.labels import LabelSpace
 from workers import classification, image_reading
 from workers.celery_app import (
     CLASSIFY_TASK,
@@ -135,8 +136,7 @@ def classify(sessions: sessionmaker[Session], cache: ChampionCache, ids: list[in
         ids,
         sessions=sessions,
         champions=cache,
-        good_class="ok",
-        defect_classes=DEFAULT_CLASSES[1:],
+        label_space=LabelSpace.from_classes(DEFAULT_CLASSES),
         batch_size=3,
     )
 
@@ -313,8 +313,7 @@ def test_images_taken_carry_the_claim_of_the_worker_process(
         ids[:1],
         sessions=sessions,
         champions=ChampionCache(fake_loader([])),
-        good_class="ok",
-        defect_classes=DEFAULT_CLASSES[1:],
+        label_space=LabelSpace.from_classes(DEFAULT_CLASSES),
         batch_size=2,
         collect_timeout_s=0.05,  # the second image is collected into the batch
         claimant="host:boot:4242:77:celery@test",
@@ -448,8 +447,7 @@ def collect(
         ids,
         sessions=sessions,
         champions=cache,
-        good_class="ok",
-        defect_classes=DEFAULT_CLASSES[1:],
+        label_space=LabelSpace.from_classes(DEFAULT_CLASSES),
         batch_size=batch_size,
         collect_timeout_s=timeout_s,
         poll_interval_s=0.05,
@@ -587,8 +585,7 @@ def test_workers_racing_on_one_image_record_it_once_and_collection_spares_images
         a_ids,
         sessions=sessions,
         champions=ChampionCache(load_a),
-        good_class="ok",
-        defect_classes=DEFAULT_CLASSES[1:],
+        label_space=LabelSpace.from_classes(DEFAULT_CLASSES),
         batch_size=3,
     )
     (report_b,) = b_reports
