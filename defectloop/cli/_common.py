@@ -109,12 +109,11 @@ def _publish_rescore(settings: Settings, image_ids: list[int]) -> None:
     if not image_ids:
         return
     from defectloop.app import create_celery_app
-    from workers.celery_app import publish_classification
+    from workers.celery_app import WorkerConfig, publish_in_batches
 
     celery_app = create_celery_app(settings)
     try:
-        for start in range(0, len(image_ids), 64):
-            publish_classification(celery_app, image_ids[start : start + 64], retry=False)
+        publish_in_batches(celery_app, image_ids, batch_size=WorkerConfig.publish_batch_size, retry=False)
     except (OperationalError, OSError) as exc:
         err_console.print(
             f"[yellow]the broker is not reachable ({type(exc).__name__}); the {len(image_ids)} image(s) wait "
