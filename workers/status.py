@@ -1,5 +1,4 @@
-"""What ``defectloop status`` shows, read in one session: images by status, quarantined files by reason,
-the champions, the frozen evaluation sets and the pending retrain requests (no torch)."""
+"""What ``defectloop status`` and ``defectloop versions`` show, each read in one session (no torch)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.schema import ImageStatus, ModelTask, ModelVersion, TrainingRunStatus
+from db.schema import ImageStatus, ModelStatus, ModelTask, ModelVersion, Promotion, TrainingRunStatus
 from workers.retrain_policy import REQUEST_ARCHITECTURE
 
 
@@ -22,6 +21,8 @@ class StatusSummary:
 
 
 def read_status(sessions: sessionmaker[Session]) -> StatusSummary:
+    """Images by status, quarantined files by reason, the champions, the frozen evaluation sets and the
+    pending retrain requests."""
     with sessions() as session:
         evaluation_set_sizes = {}
         for task in ModelTask:
@@ -42,4 +43,27 @@ def read_status(sessions: sessionmaker[Session]) -> StatusSummary:
                     statuses=(TrainingRunStatus.QUEUED, TrainingRunStatus.RUNNING),
                 )
             ],
+        )
+
+
+@dataclass(frozen=True)
+class VersionsListing:
+    versions: list[ModelVersion]
+    names: dict[int, str]  # every version's name by id, whatever the filter (parents, promotions)
+    promotions: list[Promotion]  # the latest ``history`` rows, oldest first
+
+
+def read_versions(
+    sessions: sessionmaker[Session],
+    *,
+    task: ModelTask | None = None,
+    status: ModelStatus | None = None,
+    history: int = 10,
+) -> VersionsListing:
+    """The model versions (of a task, in a status) and the latest ``history`` rows of promotion history."""
+    with sessions() as session:
+        return VersionsListing(
+            versions=repo.list_model_versions(session=session, task=task, status=status),
+            names={v.id: v.name for v in repo.list_model_versions(session=session)},
+            promotions=repo.list_promotions(session=session, task=task)[-history:] if history else [],
         )

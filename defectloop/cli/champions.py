@@ -101,44 +101,38 @@ def versions(
     history: Annotated[int, typer.Option(min=0, help="Rows of promotion history to show.")] = 10,
 ) -> None:
     """Model versions with their validation figures, and the promotion history."""
-    from db import repositories as repo
     from db.schema import ModelStatus, ModelTask
+    from workers.status import read_versions
 
-    model_task = None if task is None else ModelTask(task.value)
-    with opened_database(settings_of(ctx)) as database, database.sessions() as session:
-        rows = repo.list_model_versions(
-            session=session, task=model_task, status=None if status is None else ModelStatus(status.value)
+    with opened_database(settings_of(ctx)) as database:
+        listing = read_versions(
+            database.sessions,
+            task=None if task is None else ModelTask(task.value),
+            status=None if status is None else ModelStatus(status.value),
+            history=history,
         )
-        names = {v.id: v.name for v in repo.list_model_versions(session=session)}
-        table = Table(title="model versions")
-        for column in (
-            "version",
-            "status",
-            "arch",
-            "input",
-            "val macro-F1",
-            "threshold",
-            "parent",
-            "created",
-        ):
-            table.add_column(column, overflow="fold")  # a name cut to "binary-ba…" says nothing
-        for v in rows:
-            macro = v.metrics.get("macro_f1")
-            table.add_row(
-                v.name,
-                str(v.status),
-                v.architecture,
-                f"{v.input_spec.get('image_size')} px x {v.input_spec.get('channels')}",
-                "" if macro is None else f"{float(macro):.3f}",
-                _threshold_cell(v.metrics) if v.task == ModelTask.BINARY else "",
-                names.get(v.parent_id, "") if v.parent_id else "",
-                v.created_at.strftime("%Y-%m-%d %H:%M"),
-            )
-        events = repo.list_promotions(session=session, task=model_task)[-history:] if history else []
+    names = listing.names
+    table = Table(title="model versions")
+    for column in ("version", "status", "arch", "input", "val macro-F1", "threshold", "parent", "created"):
+        table.add_column(column, overflow="fold")  # a name cut to "binary-ba…" says nothing
+    for v in listing.versions:
+        macro = v.metrics.get("macro_f1")
+        table.add_row(
+            v.name,
+            str(v.status),
+            v.architecture,
+            f"{v.input_spec.get('image_size')} px x {v.input_spec.get('channels')}",
+            "" if macro is None else f"{float(macro):.3f}",
+            _threshold_cell(v.metrics) if v.task == ModelTask.BINARY else "",
+            names.get(v.parent_id, "") if v.parent_id else "",
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+    if listing.promotions:
         log = Table(title="promotion history")
         for column in ("when", "task", "action", "version", "from", "actor", "reason"):
             log.add_column(column, overflow="fold")
-        for p in events:
+        for p in listing.promotions:
             log.add_row(
                 p.created_at.strftime("%Y-%m-%d %H:%M"),
                 str(p.task),
@@ -148,8 +142,6 @@ def versions(
                 p.actor,
                 escape(p.reason),
             )
-    console.print(table)
-    if events:
         console.print(log)
 
 
