@@ -14,6 +14,14 @@ CLI = ROOT / "defectloop" / "cli"
 MAX_LINES = 400
 
 
+def _python(args: list[str], *, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter on this checkout (this test process may have imported torch already)."""
+    env = {"DEFECTLOOP_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 @pytest.mark.parametrize("path", sorted(CLI.glob("*.py")), ids=lambda path: path.name)
 def test_every_cli_module_stays_small(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
@@ -21,7 +29,6 @@ def test_every_cli_module_stays_small(path: Path) -> None:
 
 
 def test_help_of_every_command_does_not_import_torch(tmp_path: Path) -> None:
-    # In a fresh interpreter: this test process may have imported torch already.
     code = """
 import sys
 from typer.main import get_command
@@ -40,29 +47,11 @@ for path in paths(get_command(app), []):
 heavy = sorted(name for name in ("torch", "timm", "torchvision") if name in sys.modules)
 assert not heavy, f"--help imported {heavy}"
 """
-    env = {"DEFECTLOOP_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _python(["-c", code], data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
 
 
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
-    env = {"DEFECTLOOP_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
-    result = subprocess.run(
-        [sys.executable, "-m", "defectloop.cli", "--help"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _python(["-m", "defectloop.cli", "--help"], data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "retrain" in result.stdout
