@@ -69,6 +69,7 @@ __all__ = [
     "WorkerRuntime",
     "create_app",
     "publish_classification",
+    "publish_in_batches",
     "run_beat",
     "run_worker",
 ]
@@ -301,8 +302,7 @@ def create_app(
 
         def publish_rescore(image_ids: list[int]) -> None:
             """A new champion's re-queued pool, in batches (unsent ones are the sweeper's)."""
-            for start in range(0, len(image_ids), config.publish_batch_size):
-                publish_classification(app, image_ids[start : start + config.publish_batch_size])
+            publish_in_batches(app, image_ids, batch_size=config.publish_batch_size)
 
         register_retraining_tasks(
             app,
@@ -432,6 +432,13 @@ def publish_classification(app: Any, image_ids: Iterable[int], *, retry: bool = 
         retry=retry,
         retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2},
     )
+
+
+def publish_in_batches(app: Any, image_ids: Sequence[int], *, batch_size: int, retry: bool = True) -> None:
+    """Send ``image_ids`` to the inference queue, ``batch_size`` ids per message (e.g. the pool a new
+    champion re-queued); a broker error stops at the batch it hits and propagates."""
+    for start in range(0, len(image_ids), batch_size):
+        publish_classification(app, image_ids[start : start + batch_size], retry=retry)
 
 
 def warm_champions_on_start(runtime: WorkerRuntime) -> None:

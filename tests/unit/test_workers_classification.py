@@ -789,3 +789,22 @@ def test_the_embedded_broker_file_is_in_wal_mode_so_publishers_do_not_block_poll
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("SELECT count(*) FROM kombu_message").fetchone()[0] == 1
     app.close()
+
+
+def test_publish_in_batches_sends_one_message_per_batch(tmp_path: Path) -> None:
+    from workers.celery_app import publish_in_batches
+
+    broker = tmp_path / "broker.db"
+    app = create_app(
+        WorkerConfig(
+            broker_url=f"sqla+sqlite:///{broker}",
+            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+            artifacts_dir=tmp_path,
+            classes=DEFAULT_CLASSES,
+        )
+    )
+    publish_in_batches(app, [1, 2, 3, 4, 5], batch_size=2, retry=False)
+    publish_in_batches(app, [], batch_size=2)
+    with sqlite3.connect(broker) as connection:
+        assert connection.execute("SELECT count(*) FROM kombu_message").fetchone()[0] == 3
+    app.close()
