@@ -11,13 +11,15 @@ Protocol (every number of it is in the JSON's ``config``):
   seed set, the initial weights, augmentation and random picks. ``--folds 1`` is the older protocol:
   one 20 % split (``group_split``) with the seeds repeated on it.
 - ``improved_cnn`` from scratch (no pretrained weights, nothing downloaded), grayscale at
-  ``--image-size`` px, AdamW + cosine, class-weighted cross-entropy, flips/rotations.
+  ``--image-size`` px, trained by the project's own ``models.train.fit_model`` (``train_model``'s
+  recipe: AdamW + cosine stepped per epoch, class-weighted cross-entropy, the training augmentation,
+  batch norm recalibrated after each epoch; a fixed number of epochs and no validation set).
 - A stratified seed set (the first of ``--sizes``, with ``--seed-defects`` defects), then rounds that
   grow the labelled set to each next size (default 20, 30, 40, 60, ... 400: log-spaced, as the curves
   rise over the first hundred labels). Each round warm-starts from the previous round's weights (new
-  optimiser) and trains ``--epochs-per-round`` epochs, at least ``--min-steps`` steps; batch-norm
-  statistics are then recomputed on the labelled set. The model of the last epoch is scored (no early
-  stopping, so the validation set never picks weights). Round 0 is shared by the strategies of a run.
+  optimiser) and trains ``--epochs-per-round`` epochs, at least ``--min-steps`` steps. The model of the
+  last epoch is scored (no early stopping, so the validation set never picks weights). Round 0 is
+  shared by the strategies of a run.
 - Pool scoring goes through ``models.infer.Predictor`` (the system's inference path; MC-dropout with
   ``--mc-passes`` passes for BALD) and picks through ``models.selection.select``.
 - Strategies: random, entropy, bald, hybrid (entropy top-5k, then k-center over embeddings). For two
@@ -90,12 +92,11 @@ from common import (
 from rich.progress import TaskID
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
-from models.data import BINARY_CLASSES, ImageDataset, InputSpec, class_weights, group_kfold
+from models.data import BINARY_CLASSES, ImageDataset, InputSpec, group_kfold
 from models.infer import Predictor
-from models.registry import create_model
 from models.selection import select, strategy_spec
+from models.train import FitResult, TrainConfig, build_model, fit_model
 
 NAME = "label_efficiency"
 SCRIPT = "benchmarks/bench_label_efficiency.py"
@@ -109,7 +110,9 @@ DEFAULT_SIZES = (20, 30, 40, 60, 80, 110, 150, 200, 260, 330, 400)
 TARGET_RATIO = 0.40
 PREDICT_BATCH = 256
 VAL_P_KEY = "val_p_per_mille"  # p(defect) of the validation tiles, as stored in a finished result
-BN_IMAGES = 1024
+# Recorded in the recipe: results of the earlier private loop (cosine stepped per batch) do not merge
+# with results of this one.
+TRAINER = "models.train.fit_model"
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Recipe:
     weight_decay: float
     mc_passes: int
     hybrid_pool_factor: float
+    trainer: str = TRAINER
 
 
 @dataclass(frozen=True)
@@ -178,30 +182,24 @@ class Bench:
 # --- training -------------------------------------------------------------------------------------
 
 
-def new_model(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model: nn.Module = create_model(ARCH, num_classes=2, in_chans=1, pretrained=False)
-    model.to(memory_format=torch.channels_last)  # oneDNN's fast path on CPU; in place for a module
-    return model
+def train_config(bench: Bench, *, epochs: int, seed: int) -> TrainConfig:
+    recipe = bench.recipe
+    return TrainConfig(
+        architecture=ARCH,
+        task="binary",
+        class_names=BINARY_CLASSES,
+        input_spec=InputSpec(image_size=recipe.image_size, channels=1),
+        epochs=epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        seed=seed,
+        threads=bench.threads,
+    )
 
 
-def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor) -> None:
-    """Exact batch-norm statistics over ``images`` (eval mode otherwise): a few steps of momentum
-    averaging on a small labelled set leave them far from the data the model now sees."""
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
-    if not norms:
-        return
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-        m.train()
-    with torch.no_grad():
-        for start in range(0, len(images), PREDICT_BATCH):
-            model(images[start : start + PREDICT_BATCH].contiguous(memory_format=torch.channels_last))
-    for m in norms:
-        m.momentum = 0.1
-    model.eval()
+def new_model(seed: int, bench: Bench) -> nn.Module:
+    return build_model(train_config(bench, epochs=1, seed=seed))
 
 
 def fit(
@@ -213,44 +211,15 @@ def fit(
     min_steps: int,
     seed: int,
     after_epoch: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """Train ``model`` in place on ``indices`` (warm: whatever weights it has); new AdamW + cosine."""
-    recipe = bench.recipe
-    started = time.perf_counter()
-    torch.manual_seed(seed)  # augmentation and dropout draw from the global RNG
-    generator = torch.Generator().manual_seed(seed)
-    labels = bench.labels[indices]
-    criterion = nn.CrossEntropyLoss(weight=class_weights(labels.tolist(), 2))
-    drop_last = len(indices) > recipe.batch_size and len(indices) % recipe.batch_size == 1
-    loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
-        Subset(bench.augmented, indices.tolist()),
-        batch_size=recipe.batch_size,
-        shuffle=True,
-        generator=generator,
-        drop_last=drop_last,
+) -> FitResult:
+    """Train ``model`` in place on the tiles ``indices`` (warm: whatever weights it has)."""
+    return fit_model(
+        model,
+        train_config(bench, epochs=epochs, seed=seed),
+        bench.augmented.subset(indices.tolist()),
+        min_steps=min_steps,
+        after_epoch=after_epoch,
     )
-    n_epochs = max(epochs, math.ceil(min_steps / max(len(loader), 1)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=n_epochs * len(loader))
-    bn_subset = indices
-    if len(indices) > BN_IMAGES:
-        bn_subset = np.random.default_rng(seed).choice(indices, BN_IMAGES, replace=False)
-    bn_images = bench.images[torch.as_tensor(bn_subset)]
-    steps = 0
-    for epoch in range(1, n_epochs + 1):
-        model.train()
-        for images, targets in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(images.contiguous(memory_format=torch.channels_last)), targets)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            steps += 1
-        if after_epoch is not None:
-            recalibrate_batch_norm(model, bn_images)
-            after_epoch(epoch)
-    recalibrate_batch_norm(model, bn_images)
-    return {"epochs": n_epochs, "steps": steps, "seconds": time.perf_counter() - started}
 
 
 def predictor(model: nn.Module, bench: Bench, mc_passes: int = 0) -> Predictor:
@@ -354,10 +323,24 @@ def choose(
 # --- arms -----------------------------------------------------------------------------------------
 
 
-def round_row(
-    size: int, labelled: IntArray, bench: Bench, metrics: dict[str, float], **extra: Any
+def train_round(
+    model: nn.Module, bench: Bench, labelled: IntArray, picked: IntArray, *, seed: int, **extra: Any
 ) -> dict[str, Any]:
-    return {"labels": size, "defects_found": int(bench.labels[labelled].sum()), **metrics, **extra}
+    """Train ``model`` in place on ``labelled`` for a round (``epochs_per_round``, at least ``min_steps``
+    steps) and score it: the round's row of the learning curve."""
+    recipe = bench.recipe
+    trained = fit(
+        model, bench, labelled, epochs=recipe.epochs_per_round, min_steps=recipe.min_steps, seed=seed
+    )
+    return {
+        "labels": len(labelled),
+        "defects_found": int(bench.labels[labelled].sum()),
+        **evaluate(model, bench),
+        "picked_defects": int(bench.labels[picked].sum()),
+        "train_seconds": trained.seconds,
+        "train_epochs": trained.epochs,
+        **extra,
+    }
 
 
 def run_arm(
@@ -374,7 +357,6 @@ def run_arm(
     Random goes on past the budget (``random_extension``) until its headline reaches ``reach_target``;
     with ``reach_target=None`` it runs every extension round (cross-validation judges the reach on the
     pooled curve, which needs every fold at every size)."""
-    recipe = bench.recipe
     model = copy.deepcopy(start[0])
     labelled = start[1]
     rows = [dict(start[2])]
@@ -392,62 +374,31 @@ def run_arm(
         picked, info = choose(strategy, model, bench, labelled, size - len(labelled), schedule, rng)
         select_seconds = time.perf_counter() - t0
         labelled = np.sort(np.concatenate([labelled, picked]))
-        trained = fit(
+        row = train_round(
             model,
             bench,
             labelled,
-            epochs=recipe.epochs_per_round,
-            min_steps=recipe.min_steps,
+            picked,
             seed=seed * 1000 + r,
+            select_seconds=select_seconds,
+            extension=r > len(sizes),
+            **info,
         )
-        metrics = evaluate(model, bench)
-        rows.append(
-            round_row(
-                len(labelled),
-                labelled,
-                bench,
-                metrics,
-                picked_defects=int(bench.labels[picked].sum()),
-                select_seconds=select_seconds,
-                train_seconds=trained["seconds"],
-                train_epochs=trained["epochs"],
-                extension=r > len(sizes),
-                **info,
-            )
-        )
-        bar_step(f"{strategy} s{seed} {len(labelled)} labels: F1 {metrics[HEADLINE]:.2f}")
+        rows.append(row)
+        bar_step(f"{strategy} s{seed} {len(labelled)} labels: F1 {row[HEADLINE]:.2f}")
     return rows
 
 
 def first_round(seed: int, bench: Bench, schedule: Schedule) -> tuple[nn.Module, IntArray, dict[str, Any]]:
     """Round 0, the same for every strategy of a seed: the seed set and a model trained on it."""
     labelled = seed_set(bench, schedule, np.random.default_rng([seed, 12345]))
-    model = new_model(seed)
-    trained = fit(
-        model,
-        bench,
-        labelled,
-        epochs=bench.recipe.epochs_per_round,
-        min_steps=bench.recipe.min_steps,
-        seed=seed * 1000,
-    )
-    metrics = evaluate(model, bench)
-    row = round_row(
-        len(labelled),
-        labelled,
-        bench,
-        metrics,
-        picked_defects=int(bench.labels[labelled].sum()),
-        train_seconds=trained["seconds"],
-        train_epochs=trained["epochs"],
-        extension=False,
-    )
-    return model, labelled, row
+    model = new_model(seed, bench)
+    return model, labelled, train_round(model, bench, labelled, labelled, seed=seed * 1000, extension=False)
 
 
 def run_reference(seed: int, bench: Bench, bar_step: Callable[[str], None]) -> dict[str, Any]:
     """The full-pool model: same recipe, from scratch, every pool label, last epoch scored."""
-    model = new_model(seed)
+    model = new_model(seed, bench)
     history: list[dict[str, float]] = []
 
     val_p: list[float] = []
@@ -467,8 +418,6 @@ def run_reference(seed: int, bench: Bench, bar_step: Callable[[str], None]) -> d
         seed=seed * 1000 + 999,
         after_epoch=after_epoch,
     )
-    if not history:
-        after_epoch(0)
     final = history[-1]
     return {
         "seed": seed,
@@ -476,8 +425,8 @@ def run_reference(seed: int, bench: Bench, bar_step: Callable[[str], None]) -> d
         "labels": len(bench.pool),
         **{k: v for k, v in final.items() if k != "epoch"},
         "val_p": val_p,
-        "seconds": trained["seconds"],
-        "seconds_per_epoch": trained["seconds"] / max(trained["epochs"], 1),
+        "seconds": trained.seconds,
+        "seconds_per_epoch": trained.seconds / trained.epochs,
         "history": history,
     }
 
@@ -854,6 +803,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.folds < 1:
         p.error("--folds must be at least 1")
+    if min(args.epochs_per_round, args.reference_epochs) < 1:
+        p.error("--epochs-per-round and --reference-epochs must be at least 1")
     if args.seeds is None:
         args.seeds = [0] if args.folds > 1 else [0, 1, 2]
     if args.quick:
@@ -1006,6 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "headline_metric": HEADLINE,
         "reach_fraction": REACH,
         "notes": [
+            "training: models.train.fit_model (train_model's AdamW, cosine schedule stepped per epoch, "
+            "class-weighted loss and augmentation; fixed epochs, no validation set)",
             "warm start: each round continues from the previous round's weights with a new AdamW and "
             "cosine schedule; round 0 (seed set) is trained once per run and shared by all strategies",
             "the last epoch's model is scored; validation is never used to select weights",

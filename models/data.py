@@ -418,6 +418,20 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         other._pixels = self._pixels
         return other
 
+    def subset(self, indices: Sequence[int], *, augment: bool | None = None) -> ImageDataset:
+        """The images at ``indices`` (in that order) as a dataset of their own, with the pixels decoded
+        so far carried over (not decoded again); ``augment`` None keeps this dataset's setting."""
+        picked = [int(i) for i in indices]
+        other = ImageDataset(
+            [self.records[i] for i in picked],
+            None if self.labels is None else [self.labels[i] for i in picked],
+            self.spec,
+            augment=self.augment if augment is None else augment,
+            cache=self.cache,
+        )
+        other._pixels = {new: self._pixels[old] for new, old in enumerate(picked) if old in self._pixels}
+        return other
+
     def pixels(self, index: int) -> npt.NDArray[np.uint8]:
         """The decoded, resized (H, W, C) uint8 pixels of image ``index``."""
         cached = self._pixels.get(index)

@@ -1,7 +1,9 @@
 """Training of one classifier (binary ok/defective or multiclass defect type) and its checkpoints.
 
 ``train_model`` runs AdamW with a cosine schedule on class-weighted cross-entropy (or a weighted
-sampler), stops early on validation macro-F1 and returns the best epoch's weights. A run is seeded and
+sampler), stops early on validation macro-F1 and returns the best epoch's weights. ``fit_model`` runs
+the same epochs on a model the caller holds (e.g. warm from the previous round of active learning), for
+a fixed number of epochs with no validation set, and keeps the last epoch's weights. A run is seeded and
 repeatable: same config and data, same final weights. Checkpoints are written atomically with their
 sha256 returned for the registry; ``load_checkpoint`` refuses a file whose hash differs and reads it
 with ``weights_only=True``, so a checkpoint can never run pickled code.
@@ -16,7 +18,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, Subset, WeightedRandomSampler
 
@@ -39,11 +48,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "FitResult",
     "LoadedCheckpoint",
     "TrainConfig",
     "TrainResult",
     "build_model",
     "file_sha256",
+    "fit_model",
     "load_checkpoint",
     "predict_dataset",
     "save_checkpoint",
@@ -143,6 +154,16 @@ class TrainResult:
     val_probs: npt.NDArray[np.float32]
     config: TrainConfig
     stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """How a ``fit_model`` run went: epochs and optimiser steps run, mean training loss per epoch."""
+
+    epochs: int
+    steps: int
+    train_loss: list[float]
+    seconds: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -474,6 +495,39 @@ def _loader(
     )
 
 
+def _optimisation(
+    model: nn.Module, config: TrainConfig, labels: Sequence[int], epochs: int
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Loss (class-weighted unless the sampler balances), AdamW and a cosine schedule stepped per epoch."""
+    weight = class_weights(labels, len(config.class_names)) if config.balance == "loss" else None
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return criterion, optimizer, scheduler
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader[tuple[torch.Tensor, int]],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    on_batch: Callable[[float], None] | None = None,
+) -> float:
+    """One pass over ``loader`` in training mode; the mean loss (``on_batch`` gets the running mean)."""
+    model.train()
+    total, seen = 0.0, 0
+    for images, targets in loader:
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(images), targets)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(targets)
+        seen += len(targets)
+        if on_batch is not None:
+            on_batch(total / seen)
+    return total / max(seen, 1)
+
+
 def _recalibrate_batch_norm(model: nn.Module, dataset: ImageDataset, batch_size: int, seed: int) -> None:
     """Replace batch norm's running statistics by exact averages over (up to) _PRECISE_BN_IMAGES
     training images, without augmentation and with dropout off, as at evaluation.
@@ -563,10 +617,7 @@ def train_model(
         model = build_model(config)
         generator = torch.Generator().manual_seed(config.seed)
         loader = _loader(train, train_labels, config, generator)
-        weight = class_weights(train_labels, n_classes) if config.balance == "loss" else None
-        criterion = nn.CrossEntropyLoss(weight=weight)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        criterion, optimizer, scheduler = _optimisation(model, config, train_labels, config.epochs)
 
         history: list[dict[str, float]] = []
         best: tuple[float, float] | None = None  # (macro-F1, val loss)
@@ -583,23 +634,18 @@ def train_model(
                     total=len(loader),
                     stats="",
                 )
-                model.train()
-                total, seen = 0.0, 0
-                for images, targets in loader:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = criterion(model(images), targets)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(targets)
-                    seen += len(targets)
-                    bar.update(bar_task, advance=1, stats=f"loss {total / seen:.4f}")
+
+                def show_loss(mean: float, task: TaskID = bar_task) -> None:
+                    bar.update(task, advance=1, stats=f"loss {mean:.4f}")
+
+                train_loss = _train_epoch(model, loader, criterion, optimizer, show_loss)
                 scheduler.step()
                 _recalibrate_batch_norm(model, train, max(64, config.batch_size), config.seed + epoch)
                 probs, val_loss = _evaluate(model, val, max(64, config.batch_size))
                 f1 = macro_f1(val_labels, probs.argmax(axis=1), n_classes)
                 row = {
                     "epoch": epoch,
-                    "train_loss": total / max(seen, 1),
+                    "train_loss": train_loss,
                     "val_loss": val_loss,
                     "val_macro_f1": f1,
                     "seconds": time.perf_counter() - t0,
@@ -658,4 +704,47 @@ def train_model(
         val_probs=best_probs,
         config=config,
         stopped_early=stopped_early,
+    )
+
+
+def fit_model(
+    model: nn.Module,
+    config: TrainConfig,
+    train: ImageDataset,
+    *,
+    min_steps: int = 0,
+    after_epoch: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``train`` with ``train_model``'s recipe, but no validation set.
+
+    Whatever weights ``model`` has are the start (``config``'s weights and warm-start fields are not
+    read); the optimiser and schedule are new. Runs ``config.epochs`` epochs, or more when that is
+    fewer than ``min_steps`` batches; no early stopping: the last epoch's weights are kept, with batch
+    norm recalibrated on ``train`` and the model left in eval mode. ``after_epoch(epoch)`` is called after
+    each epoch with the model recalibrated and in eval mode (to score it; it must not train it).
+    Seeded by ``config.seed`` like ``train_model``; the caller's RNG and torch settings come back.
+    """
+    labels = _check_dataset(train, config, "training")
+    if min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, got {min_steps}")
+    started = time.perf_counter()
+    bn_batch = max(64, config.batch_size)
+    with _repeatable(config.seed, config.threads):
+        generator = torch.Generator().manual_seed(config.seed)
+        loader = _loader(train, labels, config, generator)
+        epochs = max(config.epochs, math.ceil(min_steps / max(len(loader), 1)))
+        criterion, optimizer, scheduler = _optimisation(model, config, labels, epochs)
+        losses: list[float] = []
+        for epoch in range(1, epochs + 1):
+            losses.append(_train_epoch(model, loader, criterion, optimizer))
+            scheduler.step()
+            # Every epoch, as in train_model, so that scoring with after_epoch or not trains alike (the
+            # pass draws from the global RNG that augmentation draws from).
+            _recalibrate_batch_norm(model, train, bn_batch, config.seed + epoch)
+            model.eval()
+            if after_epoch is not None:
+                after_epoch(epoch)
+    model.eval()
+    return FitResult(
+        epochs=epochs, steps=epochs * len(loader), train_loss=losses, seconds=time.perf_counter() - started
     )

@@ -404,6 +404,23 @@ def test_dataset_decodes_each_file_once_and_augments_repeatably(
     assert torch.equal(third[0][0], load_image(records[0].path, spec))
 
 
+def test_a_subset_keeps_order_labels_and_decoded_pixels(synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, labels, _ = task_labels(scan_image_folder(synth)[:6], "binary", defect_classes=DEFECTS)
+    spec = InputSpec(image_size=32, channels=3)
+    dataset = ImageDataset(records, labels, spec, augment=False)
+    for i in range(len(dataset)):
+        dataset.pixels(i)
+    monkeypatch.setattr(data_module, "decode_image", lambda *a: pytest.fail("decoded again"))
+    part = dataset.subset([4, 1], augment=True)
+    assert part.records == (records[4], records[1])
+    assert part.labels == (labels[4], labels[1])
+    assert part.augment
+    assert not dataset.augment
+    assert np.array_equal(part.pixels(0), dataset.pixels(4))
+    assert torch.equal(part.with_augment(False)[1][0], dataset[1][0])
+    assert dataset.subset([]).labels == ()
+
+
 def test_dataset_without_labels_and_with_a_wrong_label_count() -> None:
     with pytest.raises(ValueError, match="2 records but 1 labels"):
         ImageDataset([_record("a"), _record("b")], [0], InputSpec(image_size=16), augment=False)

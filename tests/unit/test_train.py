@@ -27,6 +27,7 @@ from models.train import (
     TrainConfig,
     build_model,
     file_sha256,
+    fit_model,
     load_checkpoint,
     predict_dataset,
     save_checkpoint,
@@ -182,6 +183,51 @@ def test_equal_macro_f1_is_broken_by_the_lower_validation_loss(
     assert len(losses) == 3
     assert not result.stopped_early
     assert result.best_epoch == 1 + int(np.argmin(losses))
+
+
+# --- fixed-epoch fitting --------------------------------------------------------------------------
+
+
+def test_fit_model_trains_in_place_for_fixed_epochs_and_repeats(
+    small: tuple[ImageDataset, ImageDataset],
+) -> None:
+    """No validation, no early stopping: ``min_steps`` adds epochs, the last epoch's weights are kept."""
+    train, _ = small
+    config = _config(epochs=1, seed=5)
+    model = build_model(config)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scored: list[tuple[int, bool]] = []
+    batches = -(-len(train) // config.batch_size)  # no batch of one is dropped at this size
+    result = fit_model(
+        model,
+        config,
+        train,
+        min_steps=2 * batches + 1,
+        after_epoch=lambda e: scored.append((e, model.training)),
+    )
+    assert result.epochs == 3
+    assert result.steps == 3 * batches
+    assert len(result.train_loss) == 3
+    assert all(np.isfinite(result.train_loss))
+    assert scored == [(1, False), (2, False), (3, False)]
+    assert not model.training
+    assert not _states_equal(start, model.state_dict())
+    again = build_model(config)  # the same run, not scored after each epoch: the same weights
+    fit_model(again, config, train, min_steps=2 * batches + 1)
+    assert _states_equal(model.state_dict(), again.state_dict())
+    # Warm: a second fit continues from the weights it is given.
+    warm = fit_model(model, config, train)
+    assert warm.epochs == 1
+    assert not _states_equal(model.state_dict(), again.state_dict())
+
+
+def test_fit_model_refuses_a_mismatched_set(small: tuple[ImageDataset, ImageDataset]) -> None:
+    train, _ = small
+    config = _config(input_spec=InputSpec(image_size=40, channels=3))
+    with pytest.raises(ValueError, match="prepares images as"):
+        fit_model(build_model(config), config, train)
+    with pytest.raises(ValueError, match="min_steps"):
+        fit_model(build_model(_config()), _config(), train, min_steps=-1)
 
 
 def test_multiclass_run_and_config_record(small: tuple[ImageDataset, ImageDataset]) -> None:
