@@ -405,7 +405,7 @@ def test_dataset_decodes_each_file_once_and_augments_repeatably(
 
 
 def test_a_subset_keeps_order_labels_and_decoded_pixels(synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    records, labels, _ = task_labels(scan_image_folder(synth)[:6], "binary", defect_classes=DEFECTS)
+    records, labels, _ = task_labels(scan_image_folder(synth)[:6], "binary", LabelSpace("ok", DEFECTS))
     spec = InputSpec(image_size=32, channels=3)
     dataset = ImageDataset(records, labels, spec, augment=False)
     for i in range(len(dataset)):
