@@ -53,7 +53,7 @@ from torch import nn
 
 from models.architectures import BaselineCNN, ImprovedCNN
 from models.labels import LabelSpace
-from models.registry import enable_mc_dropout, get_spec
+from models.registry import DROPOUT_TYPES, enable_mc_dropout, get_spec
 from models.selection import bald, combine_binary_multiclass, entropy, least_confidence, margin
 
 __all__ = [
@@ -95,15 +95,6 @@ AUTO_BACKENDS: dict[str, tuple[ConcreteBackend, ...]] = {
 PROBE_TOLERANCE = 1e-4
 _PROBE_BATCH = 2
 _ONNX_OPSET = 17
-_DROPOUT_TYPES = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
-
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.intp]
@@ -167,7 +158,7 @@ def iter_batches(items: Iterable[T], batch_size: int) -> Iterator[list[T]]:
 
 
 def _dropout_names(module: nn.Module) -> list[str]:
-    return [name for name, sub in module.named_modules() if isinstance(sub, _DROPOUT_TYPES)]
+    return [name for name, sub in module.named_modules() if isinstance(sub, DROPOUT_TYPES)]
 
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
@@ -262,7 +253,7 @@ def _plan_mc(model: nn.Module, classifier_name: str) -> tuple[_McSampler | None,
         return _McSampler("embedding", _mc_copy(model.get_submodule(classifier_name))), None
     if isinstance(model, BaselineCNN | ImprovedCNN):
         leaves = _leaves(model.features)
-        first = next((i for i, leaf in enumerate(leaves) if isinstance(leaf, _DROPOUT_TYPES)), None)
+        first = next((i for i, leaf in enumerate(leaves) if isinstance(leaf, DROPOUT_TYPES)), None)
         if first is not None:
             mc_model = _mc_copy(model)
             rest = nn.Sequential(*_leaves(cast(nn.Module, mc_model.features))[first:])

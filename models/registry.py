@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_IN_CHANS = (1, 3)
 _MAX_KEYS_SHOWN = 10
-_DROPOUT_TYPES = (
+# The dropout modules that MC passes switch on (models.infer finds them by these types too).
+DROPOUT_TYPES = (
     nn.Dropout,
     nn.Dropout1d,
     nn.Dropout2d,
@@ -419,7 +420,7 @@ def enable_mc_dropout(model: nn.Module) -> int:
     model.eval()
     count = 0
     for module in model.modules():
-        if isinstance(module, _DROPOUT_TYPES):
+        if isinstance(module, DROPOUT_TYPES):
             module.train()
             count += 1
     return count
