@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from models.arrays import FloatArray
+
 __all__ = [
     "THRESHOLD_KEY",
     "BootstrapInterval",
@@ -41,7 +43,6 @@ __all__ = [
     "tune_threshold",
 ]
 
-FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 ROW_SUM_TOLERANCE = 1e-3

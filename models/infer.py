@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from models.architectures import BaselineCNN, ImprovedCNN
+from models.arrays import FloatArray, IntArray
 from models.labels import LabelSpace
 from models.registry import DROPOUT_TYPES, enable_mc_dropout, get_spec
 from models.selection import bald, combine_binary_multiclass, entropy, least_confidence, margin
@@ -95,9 +96,8 @@ AUTO_BACKENDS: dict[str, tuple[ConcreteBackend, ...]] = {
 PROBE_TOLERANCE = 1e-4
 _PROBE_BATCH = 2
 _ONNX_OPSET = 17
-FloatArray = npt.NDArray[np.float64]
+
 Float32Array = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.intp]
 T = TypeVar("T")
 _NetOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 

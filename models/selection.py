@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from models.arrays import FloatArray, IntArray
 from models.errors import UnknownStrategyError
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "strategy_spec",
 ]
 
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.intp]
 BoolArray = NDArray[np.bool_]
 ClassQuotas = Literal["balanced"] | Mapping[int, float]
 
