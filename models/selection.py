@@ -525,6 +525,26 @@ class StrategySpec:
 
 _PROBS: frozenset[Input] = frozenset({"probs", "mc_probs"})
 
+
+def _uncertainty_spec(
+    name: str,
+    score: Callable[[FloatArray], FloatArray],
+    bound: Callable[[int], float],
+    *,
+    direction: str,
+    description: str,
+) -> StrategySpec:
+    """A strategy ranking by an uncertainty score of the predictive distribution (probs or mean MC passes)."""
+    return StrategySpec(
+        name=name,
+        required=frozenset(),
+        one_of=_PROBS,
+        direction=f"higher = more informative ({direction})",
+        description=f"{description}; MC passes are averaged if probs are absent",
+        choose=_ranked_by(lambda c: score(_predictive(c)), bound),
+    )
+
+
 STRATEGIES: dict[str, StrategySpec] = {
     spec.name: spec
     for spec in (
@@ -537,30 +557,26 @@ STRATEGIES: dict[str, StrategySpec] = {
             choose=_ranked_by(lambda c: np.random.default_rng(c.seed).random(c.n), _unit_bound),
             model_scored=False,
         ),
-        StrategySpec(
-            name="least_confidence",
-            required=frozenset(),
-            one_of=_PROBS,
-            direction="higher = more informative (1 - max probability)",
-            description="least confidence of the top class; MC passes are averaged if probs are absent",
-            choose=_ranked_by(lambda c: least_confidence(_predictive(c)), _least_confidence_bound),
+        _uncertainty_spec(
+            "least_confidence",
+            least_confidence,
+            _least_confidence_bound,
+            direction="1 - max probability",
+            description="least confidence of the top class",
         ),
-        StrategySpec(
-            name="margin",
-            required=frozenset(),
-            one_of=_PROBS,
-            direction="higher = more informative (1 - gap between the two most probable classes)",
-            description="smallest margin between the two best classes; MC passes are averaged if probs "
-            "are absent",
-            choose=_ranked_by(lambda c: margin(_predictive(c)), _unit_bound),
+        _uncertainty_spec(
+            "margin",
+            margin,
+            _unit_bound,
+            direction="1 - gap between the two most probable classes",
+            description="smallest margin between the two best classes",
         ),
-        StrategySpec(
-            name="entropy",
-            required=frozenset(),
-            one_of=_PROBS,
-            direction="higher = more informative (predictive entropy, nats)",
-            description="maximum predictive entropy; MC passes are averaged if probs are absent",
-            choose=_ranked_by(lambda c: entropy(_predictive(c)), _log_bound),
+        _uncertainty_spec(
+            "entropy",
+            entropy,
+            _log_bound,
+            direction="predictive entropy, nats",
+            description="maximum predictive entropy",
         ),
         StrategySpec(
             name="bald",
