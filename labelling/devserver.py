@@ -34,12 +34,14 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import TypeVar
 
 import httpx
 
 from labelling.errors import HarnessError
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_VERSION = "1.23.2"
 DEFAULT_USERNAME = "defectloop@localhost.localdomain"
@@ -309,6 +311,13 @@ def _load_or_create_credentials(
     return creds
 
 
+def _once_started(value: _T | None) -> _T:
+    """``value``, set by :meth:`LabelStudioServer.start`; `HarnessError` while it is still unset."""
+    if value is None:
+        raise HarnessError("the Label Studio server has not been started; call start() first")
+    return value
+
+
 class LabelStudioServer:
     """One headless Label Studio process on 127.0.0.1, with a known admin user and legacy API token.
 
@@ -350,22 +359,16 @@ class LabelStudioServer:
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>``, without a trailing slash."""
-        if self._port is None:
-            raise HarnessError("the Label Studio server has not been started; call start() first")
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def port(self) -> int:
-        if self._port is None:
-            raise HarnessError("the Label Studio server has not been started; call start() first")
-        return self._port
+        return _once_started(self._port)
 
     @property
     def token(self) -> str:
         """The admin's legacy API token (``Authorization: Token <token>``)."""
-        if self._token is None:
-            raise HarnessError("the Label Studio server has not been started; call start() first")
-        return self._token
+        return _once_started(self._token)
 
     @property
     def username(self) -> str:
@@ -374,9 +377,7 @@ class LabelStudioServer:
 
     @property
     def password(self) -> str:
-        if self._password is None:
-            raise HarnessError("the Label Studio server has not been started; call start() first")
-        return self._password
+        return _once_started(self._password)
 
     @property
     def pid(self) -> int | None:
