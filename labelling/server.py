@@ -294,6 +294,12 @@ class _Routes:
             401, "missing or wrong Basic credentials", {"WWW-Authenticate": 'Basic realm="defectloop"'}
         )
 
+    async def _ml_json_body(self, request: Request) -> tuple[object, JSONResponse | None]:
+        """The JSON body of an authenticated ML-backend call, or the refusal to answer with instead."""
+        if (refusal := self._ml_auth_refusal(request)) is not None:
+            return None, refusal
+        return await _json_body(request)
+
     async def health(self, request: Request) -> JSONResponse:
         if (refusal := self._ml_auth_refusal(request)) is not None:
             return refusal
@@ -311,9 +317,7 @@ class _Routes:
         return JSONResponse({"model_version": await run_in_threadpool(self.handlers.model_version)})
 
     async def predict(self, request: Request) -> JSONResponse:
-        if (refusal := self._ml_auth_refusal(request)) is not None:
-            return refusal
-        body, refusal = await _json_body(request)
+        body, refusal = await self._ml_json_body(request)
         if refusal is not None:
             return refusal
         tasks = body.get("tasks") if isinstance(body, Mapping) else None
@@ -337,9 +341,7 @@ class _Routes:
     async def ml_webhook(self, request: Request) -> JSONResponse:
         # Label Studio registers this URL for all actions when the backend is added; annotation events
         # arrive (authenticated) on WEBHOOK_PATH, so only START_TRAINING is acted on here.
-        if (refusal := self._ml_auth_refusal(request)) is not None:
-            return refusal
-        body, refusal = await _json_body(request)
+        body, refusal = await self._ml_json_body(request)
         if refusal is not None:
             return refusal
         if not isinstance(body, Mapping):
