@@ -179,6 +179,15 @@ class Champion:
     sha256: str
 
 
+def work_folder(keep: contextlib.ExitStack, workdir: Path | None, *, prefix: str) -> Path:
+    """``workdir``, created (it must not exist yet), or without one a temporary folder that ``keep``
+    removes when it closes."""
+    if workdir is None:
+        return Path(keep.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    workdir.mkdir(parents=True)
+    return workdir
+
+
 def make_champions(folder: Path) -> list[Champion]:
     """Untrained checkpoints of the two champions (seeded), written once and registered per run."""
     out = []
@@ -720,11 +729,7 @@ def main() -> None:
     n_steady = max(1, round(args.rate * args.seconds))
 
     with contextlib.ExitStack() as keep:
-        if args.workdir is None:
-            work = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="defectloop-bench-pipeline-")))
-        else:
-            work = args.workdir
-            work.mkdir(parents=True)
+        work = work_folder(keep, args.workdir, prefix="defectloop-bench-pipeline-")
         champions = make_champions(work)
         runs: dict[str, dict[str, Any]] = {}
         seed = 0
