@@ -51,6 +51,7 @@ from common import (
     setup_logging,
     write_docs_row,
     write_json,
+    write_recorded_docs_rows,
 )
 from PIL import Image as PILImage
 from sqlalchemy import func, select
@@ -351,9 +352,7 @@ def main() -> None:
     setup_logging(args.verbose)
     if args.docs_from is not None:
         rows = docs_rows(json.loads(args.docs_from.read_text()))
-        for benchmark, result in rows:
-            write_docs_row(benchmark, result, "benchmarks/bench_integrity.py")
-        console.print(f"docs/benchmarks.md: {len(rows)} row(s) written from {relative(args.docs_from)}")
+        write_recorded_docs_rows(rows, "benchmarks/bench_integrity.py", args.docs_from)
         return
     if args.quick:
         args.n, args.side = 40, 2000

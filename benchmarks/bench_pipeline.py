@@ -68,6 +68,7 @@ from common import (
     setup_logging,
     write_docs_row,
     write_json,
+    write_recorded_docs_rows,
 )
 from rich.table import Table
 from sqlalchemy import select
@@ -714,9 +715,7 @@ def main() -> None:
         recorded = json.loads(args.docs_from.read_text())
         stable = recorded["config"].get("ingest_stable_seconds", 0.1)
         rows = docs_rows(recorded["runs"], recorded["machine"], None if stable == "default" else stable)
-        for benchmark, result in rows:
-            write_docs_row(benchmark, result, "benchmarks/bench_pipeline.py")
-        console.print(f"docs/benchmarks.md: {len(rows)} row(s) written from {relative(args.docs_from)}")
+        write_recorded_docs_rows(rows, "benchmarks/bench_pipeline.py", args.docs_from)
         return
     if args.quick:
         args.n, args.seconds = 32, 3.0

@@ -411,6 +411,13 @@ def write_docs_row(benchmark: str, result: str, script: str, *, docs: Path = DOC
     docs.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def write_recorded_docs_rows(rows: Sequence[tuple[str, str]], script: str, recorded: Path) -> None:
+    """``--docs-from``: write the docs rows a benchmark made again from its recorded JSON ``recorded``."""
+    for benchmark, result in rows:
+        write_docs_row(benchmark, result, script)
+    console.print(f"docs/benchmarks.md: {len(rows)} row(s) written from {relative(recorded)}")
+
+
 def relative(path: Path) -> str:
     """``path`` relative to the repository when inside it (for JSON and messages)."""
     try:
