@@ -41,6 +41,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from common import (
+    ARCHS,
+    QUALITY_CHECKPOINTS,
+    QUALITY_QUICK_CHECKPOINTS,
     RESULTS_DIR,
     THREADS_HELP,
     IntArray,
@@ -71,9 +74,6 @@ from models.train import TrainConfig, load_checkpoint, predict_dataset, train_mo
 
 NAME = "gradcam"
 SCRIPT = "benchmarks/bench_gradcam.py"
-ARCHS = ("baseline_cnn", "improved_cnn", "efficientnet_b0", "resnet18")
-CHECKPOINTS = Path("/tmp/defectloop-bench/quality-checkpoints")
-QUICK_CHECKPOINTS = Path("/tmp/defectloop-bench/quality-checkpoints-quick")
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -91,7 +91,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="smoke run on the quick quality checkpoints")
     p.add_argument(
-        "--checkpoints", type=Path, help=f"bench_quality.py's checkpoint folder (default {CHECKPOINTS})"
+        "--checkpoints",
+        type=Path,
+        help=f"bench_quality.py's checkpoint folder (default {QUALITY_CHECKPOINTS})",
     )
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--tolerances", type=int, nargs="+", default=[0, 4, 8], help="pixels at the model input")
@@ -107,10 +109,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.checkpoints = args.checkpoints or QUICK_CHECKPOINTS
+        args.checkpoints = args.checkpoints or QUALITY_QUICK_CHECKPOINTS
         args.retrain_epochs, args.image_size = 1, 64
         args.no_docs = True
-    args.checkpoints = args.checkpoints or CHECKPOINTS
+    args.checkpoints = args.checkpoints or QUALITY_CHECKPOINTS
     return args
 
 

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import signal
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_pipeline import Deployment, make_champions, redis_server, render_jpegs, status_mb
+from bench_pipeline import Deployment, make_champions, redis_server, render_jpegs, status_mb, work_folder
 from common import (
     RESULTS_DIR,
     command_line,
@@ -52,6 +51,7 @@ from common import (
     setup_logging,
     write_docs_row,
     write_json,
+    write_recorded_docs_rows,
 )
 from PIL import Image as PILImage
 from sqlalchemy import func, select
@@ -59,7 +59,7 @@ from sqlalchemy import func, select
 from db import repositories as repo
 from db.schema import Image, ImageStatus, Prediction, SourceKind
 from defectloop.settings import DEFAULT_CLASSES as CLASSES
-from workers.celery_app import WorkerConfig, create_app, publish_classification
+from workers.celery_app import WorkerConfig, create_app, publish_classification, publish_in_batches
 
 NAME = "integrity"
 PUBLISH_BATCH = 64  # the watcher's publish_batch_size: ids per message
@@ -128,6 +128,18 @@ def record_images(dep: Deployment, prefix: str, images: list[bytes]) -> list[int
     return ids
 
 
+def publish_burst(app: Any, dep: Deployment, prefix: str, n: int, *, seed: int, what: str) -> None:
+    """Record ``n`` photos named ``prefix*``, publish them as the watcher does (``PUBLISH_BATCH`` ids a
+    message) and wait until a worker has committed the first batch of them."""
+    publish_in_batches(app, record_images(dep, prefix, render_jpegs(n, seed=seed)), batch_size=PUBLISH_BATCH)
+
+    def first_batch_done() -> bool:
+        counts = burst_counts(dep, prefix)
+        return bool(counts["predicted_once"] > 0 or counts["predicted_twice_or_more"] > 0)
+
+    wait(f"the first batch of {what}", first_batch_done, dep, interval=0.01)
+
+
 def run_recovery(work: Path, broker: str, url: str, champions: Any, n: int, backend: str) -> dict[str, Any]:
     """A worker and beat (the watcher's part is played here: rows recorded, then announced in messages of
     64 ids, the watcher's publish batch), the worker killed once it committed its first batch of the
@@ -147,15 +159,7 @@ def run_recovery(work: Path, broker: str, url: str, champions: Any, n: int, back
         warmup = record_images(dep, "warmup_", render_jpegs(16, seed=11))
         publish_classification(app, warmup)
         wait("the warm-up", lambda: dep.predicted() >= len(warmup), dep)
-        burst = record_images(dep, "burst_", render_jpegs(n, seed=12))
-        for start in range(0, len(burst), PUBLISH_BATCH):
-            publish_classification(app, burst[start : start + PUBLISH_BATCH])
-
-        def first_batch_done() -> bool:
-            counts = burst_counts(dep, "burst_")
-            return counts["predicted_once"] > 0 or counts["predicted_twice_or_more"] > 0
-
-        wait("the first batch of the burst", first_batch_done, dep, interval=0.01)
+        publish_burst(app, dep, "burst_", n, seed=12, what="the burst")
         worker = dep.processes["worker"]
         worker.send_signal(signal.SIGKILL)
         killed_at = time.time()
@@ -180,15 +184,7 @@ def run_recovery(work: Path, broker: str, url: str, champions: Any, n: int, back
 
         # The control, side by side: the same burst and the same moment, no kill. What the kill costs is
         # the difference (a restart: the new worker's start and its loading of the champions).
-        control = record_images(dep, "control_", render_jpegs(n, seed=13))
-        for start in range(0, len(control), PUBLISH_BATCH):
-            publish_classification(app, control[start : start + PUBLISH_BATCH])
-
-        def control_batch_done() -> bool:
-            counts = burst_counts(dep, "control_")
-            return counts["predicted_once"] > 0 or counts["predicted_twice_or_more"] > 0
-
-        wait("the first batch of the control burst", control_batch_done, dep, interval=0.01)
+        publish_burst(app, dep, "control_", n, seed=13, what="the control burst")
         triggered_at = time.time()
         wait("the control burst", lambda: burst_counts(dep, "control_")["without_prediction"] == 0, dep)
         control_counts = burst_counts(dep, "control_")
@@ -356,9 +352,7 @@ def main() -> None:
     setup_logging(args.verbose)
     if args.docs_from is not None:
         rows = docs_rows(json.loads(args.docs_from.read_text()))
-        for benchmark, result in rows:
-            write_docs_row(benchmark, result, "benchmarks/bench_integrity.py")
-        console.print(f"docs/benchmarks.md: {len(rows)} row(s) written from {relative(args.docs_from)}")
+        write_recorded_docs_rows(rows, "benchmarks/bench_integrity.py", args.docs_from)
         return
     if args.quick:
         args.n, args.side = 40, 2000
@@ -374,11 +368,7 @@ def main() -> None:
         },
     }
     with contextlib.ExitStack() as keep:
-        if args.workdir is None:
-            work = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="defectloop-bench-integrity-")))
-        else:
-            work = args.workdir
-            work.mkdir(parents=True)
+        work = work_folder(keep, args.workdir, prefix="defectloop-bench-integrity-")
         champions = make_champions(work)
         if args.only in (None, "recovery"):
             report["recovery"] = []

@@ -68,6 +68,7 @@ from common import (
     setup_logging,
     write_docs_row,
     write_json,
+    write_recorded_docs_rows,
 )
 from rich.table import Table
 from sqlalchemy import select
@@ -177,6 +178,15 @@ class Champion:
     classes: tuple[str, ...]
     path: Path
     sha256: str
+
+
+def work_folder(keep: contextlib.ExitStack, workdir: Path | None, *, prefix: str) -> Path:
+    """``workdir``, created (it must not exist yet), or without one a temporary folder that ``keep``
+    removes when it closes."""
+    if workdir is None:
+        return Path(keep.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    workdir.mkdir(parents=True)
+    return workdir
 
 
 def make_champions(folder: Path) -> list[Champion]:
@@ -705,9 +715,7 @@ def main() -> None:
         recorded = json.loads(args.docs_from.read_text())
         stable = recorded["config"].get("ingest_stable_seconds", 0.1)
         rows = docs_rows(recorded["runs"], recorded["machine"], None if stable == "default" else stable)
-        for benchmark, result in rows:
-            write_docs_row(benchmark, result, "benchmarks/bench_pipeline.py")
-        console.print(f"docs/benchmarks.md: {len(rows)} row(s) written from {relative(args.docs_from)}")
+        write_recorded_docs_rows(rows, "benchmarks/bench_pipeline.py", args.docs_from)
         return
     if args.quick:
         args.n, args.seconds = 32, 3.0
@@ -720,11 +728,7 @@ def main() -> None:
     n_steady = max(1, round(args.rate * args.seconds))
 
     with contextlib.ExitStack() as keep:
-        if args.workdir is None:
-            work = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="defectloop-bench-pipeline-")))
-        else:
-            work = args.workdir
-            work.mkdir(parents=True)
+        work = work_folder(keep, args.workdir, prefix="defectloop-bench-pipeline-")
         champions = make_champions(work)
         runs: dict[str, dict[str, Any]] = {}
         seed = 0

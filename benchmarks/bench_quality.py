@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 from common import (
+    ARCHS,
+    QUALITY_CHECKPOINTS,
+    QUALITY_QUICK_CHECKPOINTS,
     RESULTS_DIR,
     THREADS_HELP,
     IntArray,
@@ -59,9 +62,6 @@ from models.train import TrainConfig, save_checkpoint, train_model
 
 NAME = "quality"
 SCRIPT = "benchmarks/bench_quality.py"
-ARCHS = ("baseline_cnn", "improved_cnn", "efficientnet_b0", "resnet18")
-DEFAULT_CHECKPOINTS = Path("/tmp/defectloop-bench/quality-checkpoints")
-QUICK_CHECKPOINTS = Path("/tmp/defectloop-bench/quality-checkpoints-quick")
 README_REFERENCE = "datasets README, 128 px, 12 epochs: 0.57 M CNN 0.49, resnet18 0.50 (F1, tuned threshold)"
 
 
@@ -90,7 +90,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--save-checkpoints",
         type=Path,
         metavar="DIR",
-        help=f"where the trained models go (default {DEFAULT_CHECKPOINTS}; --quick: {QUICK_CHECKPOINTS})",
+        help=(
+            f"where the trained models go (default {QUALITY_CHECKPOINTS}; "
+            f"--quick: {QUALITY_QUICK_CHECKPOINTS})"
+        ),
     )
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/quality.json)")
     p.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md row")
@@ -100,7 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.image_size, args.epochs, args.epochs_for, args.max_train = 64, 1, [], 400
         args.no_docs = True
     args.save_checkpoints = args.save_checkpoints or (
-        QUICK_CHECKPOINTS if args.quick else DEFAULT_CHECKPOINTS
+        QUALITY_QUICK_CHECKPOINTS if args.quick else QUALITY_CHECKPOINTS
     )
     return args
 

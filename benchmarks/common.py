@@ -52,6 +52,12 @@ AITEX = "aitex-tiles"
 CLASS_MAP = {"defect": "defective"}
 DEFECT_CLASSES = ("defective",)
 EXIT_NO_DATA = 2
+# The architectures the quality, Grad-CAM and inference benchmarks compare.
+ARCHS = ("baseline_cnn", "improved_cnn", "efficientnet_b0", "resnet18")
+# Where bench_quality.py leaves its trained models (a full run and a --quick one) and bench_gradcam.py
+# reads them.
+QUALITY_CHECKPOINTS = Path("/tmp/defectloop-bench/quality-checkpoints")
+QUALITY_QUICK_CHECKPOINTS = Path("/tmp/defectloop-bench/quality-checkpoints-quick")
 THREADS_HELP = (
     "torch CPU threads (default 2, the machine's cores). While other jobs share the two cores, 1 thread "
     "ran about 5x faster than 2 (a preempted thread stalls the other): the recorded runs used 1"
@@ -403,6 +409,13 @@ def write_docs_row(benchmark: str, result: str, script: str, *, docs: Path = DOC
             raise ValueError(f"{docs} has no table to add a row to")
         lines.insert(table[-1] + 1, row)
     docs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_recorded_docs_rows(rows: Sequence[tuple[str, str]], script: str, recorded: Path) -> None:
+    """``--docs-from``: write the docs rows a benchmark made again from its recorded JSON ``recorded``."""
+    for benchmark, result in rows:
+        write_docs_row(benchmark, result, script)
+    console.print(f"docs/benchmarks.md: {len(rows)} row(s) written from {relative(recorded)}")
 
 
 def relative(path: Path) -> str:

@@ -30,6 +30,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw
 
+from defectloop.settings import DEFAULT_CLASSES
+
 __all__ = [
     "DEFAULT_CLASSES",
     "MANIFEST_COLUMNS",
@@ -40,14 +42,6 @@ __all__ = [
     "render_sample",
 ]
 
-DEFAULT_CLASSES: tuple[str, ...] = (
-    "ok",
-    "hole",
-    "seam_puckering",
-    "uncut_thread",
-    "raw_edge",
-    "broken_stitch",
-)
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "path",
     "label",

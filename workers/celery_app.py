@@ -51,6 +51,7 @@ from workers.labelling_tasks import (
 from workers.queues import (
     PURGE_INTERVAL_S,
     Queue,
+    add_routes_and_beat,
     idempotent_task_options,
     is_embedded_broker,
     purge_delivered_messages,
@@ -375,14 +376,9 @@ def create_app(
     worker_ready.connect(republish_when_ready, weak=False)
 
     if is_embedded_broker(config.broker_url):
-        app.conf.beat_schedule = {
-            **app.conf.beat_schedule,
-            "purge-broker-messages": {
-                "task": PURGE_TASK,
-                "schedule": PURGE_INTERVAL_S,
-                "options": {"queue": Queue.MAINTENANCE.value},
-            },
-        }
+        add_routes_and_beat(
+            app, {}, {"purge-broker-messages": (PURGE_TASK, PURGE_INTERVAL_S, Queue.MAINTENANCE)}
+        )
     return app
 
 

@@ -470,27 +470,20 @@ def _classify_batch(
                 uncertainty={name: float(scores[row]) for name, scores in combined.uncertainty.items()},
             )
             moved.append(image_id)
-        for image_id, reason in result.failed.items():
-            if repo.set_image_status(
-                session=session,
-                image_id=image_id,
-                status=ImageStatus.QUARANTINED,
-                reason=reason,
-                expected=_WAITING,
-            ):
-                report.quarantined.append(image_id)
-                logger.warning("image %d quarantined: %s", image_id, reason, extra={"image_id": image_id})
-        for image_id, reason in result.changed.items():
-            # Never predicted from another row's bytes: the watcher records those as an image of their own.
-            if repo.set_image_status(
-                session=session,
-                image_id=image_id,
-                status=ImageStatus.SUPERSEDED,
-                reason=reason,
-                expected=_WAITING,
-            ):
-                report.superseded.append(image_id)
-                logger.warning("image %d superseded: %s", image_id, reason, extra={"image_id": image_id})
+        # A changed file is never predicted from another row's bytes: the watcher records those as an
+        # image of their own, and this row is superseded.
+        for reasons, status, moved_to in (
+            (result.failed, ImageStatus.QUARANTINED, report.quarantined),
+            (result.changed, ImageStatus.SUPERSEDED, report.superseded),
+        ):
+            for image_id, reason in reasons.items():
+                if repo.set_image_status(
+                    session=session, image_id=image_id, status=status, reason=reason, expected=_WAITING
+                ):
+                    moved_to.append(image_id)
+                    logger.warning(
+                        "image %d %s: %s", image_id, status.value, reason, extra={"image_id": image_id}
+                    )
     report.batches.append(len(batch))
     report.predicted.extend(moved)
     lost = set(predicted_ids) - set(moved)

@@ -25,7 +25,7 @@ from labelling.payloads import AnnotationEvent
 from models.labels import LabelSpace
 from models.selection import DEFAULT_STRATEGY, strategy_spec
 from workers import labelling
-from workers.queues import Queue, idempotent_task_options
+from workers.queues import Queue, add_routes_and_beat, idempotent_task_options
 from workers.transient import TRANSIENT_ERRORS
 
 if TYPE_CHECKING:
@@ -202,20 +202,14 @@ def register_labelling_tasks(app: Any, *, runtime: LabellingRuntime) -> None:
     tasks use ``runtime``."""
     config = runtime.config
     retry_on: tuple[type[Exception], ...] = (LabelStudioUnavailableError, *TRANSIENT_ERRORS)
-    routes = dict(app.conf.task_routes or {})
-    routes.update({name: {"queue": queue.value} for name, queue in LABELLING_TASK_QUEUES.items()})
-    schedule = dict(app.conf.beat_schedule or {})
-    schedule["push-labelling-batch"] = {
-        "task": PUSH_TASK,
-        "schedule": config.push_interval_s,
-        "options": {"queue": Queue.LABELLING.value},
-    }
-    schedule["reconcile-annotations"] = {
-        "task": RECONCILE_TASK,
-        "schedule": config.reconcile_interval_s,
-        "options": {"queue": Queue.LABELLING.value},
-    }
-    app.conf.update(task_routes=routes, beat_schedule=schedule)
+    add_routes_and_beat(
+        app,
+        LABELLING_TASK_QUEUES,
+        {
+            "push-labelling-batch": (PUSH_TASK, config.push_interval_s, Queue.LABELLING),
+            "reconcile-annotations": (RECONCILE_TASK, config.reconcile_interval_s, Queue.LABELLING),
+        },
+    )
     common = idempotent_task_options(retry_on, max_retries=12, backoff_max_s=300)
 
     @app.task(name=PUSH_TASK, **common)  # type: ignore[untyped-decorator]  # celery is untyped

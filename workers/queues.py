@@ -12,6 +12,7 @@ are reused by later messages, so the file stops growing. It runs when a worker s
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -20,7 +21,15 @@ from sqlalchemy import Boolean, DateTime, column, create_engine, delete, false, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KEEP_DELIVERED", "PURGE_INTERVAL_S", "Queue", "is_embedded_broker", "purge_delivered_messages"]
+__all__ = [
+    "KEEP_DELIVERED",
+    "PURGE_INTERVAL_S",
+    "Queue",
+    "add_routes_and_beat",
+    "idempotent_task_options",
+    "is_embedded_broker",
+    "purge_delivered_messages",
+]
 
 EMBEDDED_PREFIX = "sqla+"
 KEEP_DELIVERED = timedelta(minutes=10)
@@ -64,6 +73,19 @@ def idempotent_task_options(
         "retry_jitter": True,
         "max_retries": max_retries,
     }
+
+
+def add_routes_and_beat(
+    app: Any, queues: Mapping[str, Queue], beat: Mapping[str, tuple[str, float, Queue]]
+) -> None:
+    """Route each task of ``queues`` to its queue and add ``beat``'s entries (entry name -> (task,
+    interval in seconds, queue)) to ``app``'s beat schedule, keeping the routes and entries already there."""
+    routes = dict(app.conf.task_routes or {})
+    routes.update({name: {"queue": queue.value} for name, queue in queues.items()})
+    schedule = dict(app.conf.beat_schedule or {})
+    for entry, (task, interval_s, queue) in beat.items():
+        schedule[entry] = {"task": task, "schedule": interval_s, "options": {"queue": queue.value}}
+    app.conf.update(task_routes=routes, beat_schedule=schedule)
 
 
 def is_embedded_broker(broker_url: str) -> bool:

@@ -27,7 +27,7 @@ from db import repositories as repo
 from db.session import session_scope
 from models.labels import LabelSpace
 from workers import retrain_policy
-from workers.queues import Queue, idempotent_task_options
+from workers.queues import Queue, add_routes_and_beat, idempotent_task_options
 from workers.transient import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -104,15 +104,11 @@ def register_retraining_tasks(
     publish_rescore: Callable[[list[int]], None],
 ) -> None:
     """Add the retraining tasks, their routes and the policy's beat entry to ``app``."""
-    routes = dict(app.conf.task_routes or {})
-    routes.update({name: {"queue": queue.value} for name, queue in RETRAINING_TASK_QUEUES.items()})
-    schedule = dict(app.conf.beat_schedule or {})
-    schedule["check-retrain-policy"] = {
-        "task": POLICY_TASK,
-        "schedule": config.check_interval_s,
-        "options": {"queue": Queue.MAINTENANCE.value},
-    }
-    app.conf.update(task_routes=routes, beat_schedule=schedule)
+    add_routes_and_beat(
+        app,
+        RETRAINING_TASK_QUEUES,
+        {"check-retrain-policy": (POLICY_TASK, config.check_interval_s, Queue.MAINTENANCE)},
+    )
     common = idempotent_task_options(TRANSIENT_ERRORS, max_retries=3, backoff_max_s=300)
 
     @app.task(name=POLICY_TASK, **common)  # type: ignore[untyped-decorator]  # celery is untyped

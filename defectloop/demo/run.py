@@ -877,29 +877,40 @@ class DemoRunner:
             )
         active_defects = sum(1 for label in active_labels.values() if label != good)
         random_defects = sum(1 for _, label in random_photos if label != good)
+        arm_rows = (
+            (
+                DemoArm.ACTIVE,
+                len(active_labels),
+                active_defects,
+                active_metrics,
+                active_timings,
+                binary_row["name"],
+                None if multiclass_row is None else multiclass_row["name"],
+            ),
+            (
+                DemoArm.RANDOM,
+                len(random_photos),
+                random_defects,
+                random_metrics,
+                random_timings if round_number else active_timings,
+                None,
+                None,
+            ),
+        )
         with session_scope(sessions) as session:
-            repo.record_demo_round(
-                session=session,
-                run_id=run_id,
-                round_number=round_number,
-                arm=DemoArm.ACTIVE,
-                labels_used=len(active_labels),
-                defects_found=active_defects,
-                metrics=active_metrics,
-                timings=active_timings,
-                binary_version=binary_row["name"],
-                multiclass_version=None if multiclass_row is None else multiclass_row["name"],
-            )
-            repo.record_demo_round(
-                session=session,
-                run_id=run_id,
-                round_number=round_number,
-                arm=DemoArm.RANDOM,
-                labels_used=len(random_photos),
-                defects_found=random_defects,
-                metrics=random_metrics,
-                timings=random_timings if round_number else active_timings,
-            )
+            for arm, labels_used, defects_found, metrics, timings, binary_name, multiclass_name in arm_rows:
+                repo.record_demo_round(
+                    session=session,
+                    run_id=run_id,
+                    round_number=round_number,
+                    arm=arm,
+                    labels_used=labels_used,
+                    defects_found=defects_found,
+                    metrics=metrics,
+                    timings=timings,
+                    binary_version=binary_name,
+                    multiclass_version=multiclass_name,
+                )
         return {
             "round": round_number,
             "active": {

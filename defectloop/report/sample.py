@@ -246,25 +246,17 @@ def fabricate_report_data(
                     reason=reason,
                     numbers=numbers,
                 )
+                decide = repo.set_champion if promote else repo.reject_model_version
+                decide(
+                    session=session,
+                    version_id=binary.id,
+                    actor="policy",
+                    reason=reason,
+                    numbers=numbers,
+                    comparison_id=comparison.id,
+                )
                 if promote:
-                    repo.set_champion(
-                        session=session,
-                        version_id=binary.id,
-                        actor="policy",
-                        reason=reason,
-                        numbers=numbers,
-                        comparison_id=comparison.id,
-                    )
                     champion_f1, champion_id = f1, binary.id
-                else:
-                    repo.reject_model_version(
-                        session=session,
-                        version_id=binary.id,
-                        actor="policy",
-                        reason=reason,
-                        numbers=numbers,
-                        comparison_id=comparison.id,
-                    )
                 repo.set_champion(
                     session=session,
                     version_id=multiclass.id,
