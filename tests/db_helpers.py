@@ -17,13 +17,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from db import repositories as repo
 from db.errors import DatabaseUnavailableError
+from db.migrate import upgrade
 from db.schema import Image, ModelTask, ModelVersion, Source, SourceKind
-from db.session import check_connection, create_engine_for
+from db.session import check_connection, create_engine_for, make_session_factory
 
 POSTGRES_URL_VARIABLE = "DEFECTLOOP_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -65,6 +66,17 @@ def temporary_postgres_database(admin_url: str | None = None) -> Iterator[str]:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@contextmanager
+def migrated_sessions(url: str) -> Iterator[sessionmaker[Session]]:
+    """A session factory on the database at `url`, migrated to head first; its engine is disposed after."""
+    upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 def schema_differences(engine: Engine, metadata: MetaData) -> list[object]:

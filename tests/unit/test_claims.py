@@ -8,26 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import ImageStatus, SourceKind
-from db.session import create_engine_for, make_session_factory
 from workers.claims import Claimant, republish_orphaned_claims
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def dead_process() -> Claimant:

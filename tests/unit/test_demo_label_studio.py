@@ -9,10 +9,9 @@ tests/integration/test_demo_label_studio.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Annotation, AnnotationOrigin, ImageStatus, ModelTask
-from db.session import create_engine_for, make_session_factory
 from defectloop.demo.label_studio import AnnotatorTimeoutError, LabelStudioAnnotator
 from defectloop.errors import DefectloopError
 from defectloop.settings import Settings
@@ -36,15 +33,6 @@ from workers.labelling import PushItem
 CLASSES = ("ok", "hole", "raw_edge")
 PROJECT = 7
 USER = 42
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @dataclass

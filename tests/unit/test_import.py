@@ -4,7 +4,6 @@ SQLite database. Idempotence, quarantine reasons, refusals, class maps, relabell
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import workers.importing as importing
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Annotation, AnnotationOrigin, Image, ImageStatus, Source, SourceKind
-from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.data import ImageRecord
@@ -39,15 +36,6 @@ def synth_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def folder(synth_folder: Path, tmp_path: Path) -> Path:
     """A private copy of the synthetic folder, free to change."""
     return Path(shutil.copytree(synth_folder, tmp_path / "images"))
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _import(sessions: sessionmaker[Session], root: Path, **overrides: Any) -> ImportReport:

@@ -23,10 +23,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Image, ImageStatus, Source, SourceKind
-from db.session import create_engine_for, make_session_factory
-from tests.db_helpers import temporary_postgres_database
+from tests.db_helpers import migrated_sessions, temporary_postgres_database
 from tests.image_files import bad_files, converted_images, synthetic_photo, write_slowly
 from workers import ingest, validation
 from workers.ingest import IngestConfig, IngestService, camera_source_name
@@ -44,27 +42,18 @@ GRACE_S = 1.5
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """A session factory on a freshly migrated database: SQLite, and PostgreSQL (integration)."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ingest.db'}"
-        upgrade(url)
-        engine = create_engine_for(url)
-        yield make_session_factory(engine)
-        engine.dispose()
+        with migrated_sessions(f"sqlite:///{tmp_path / 'ingest.db'}") as factory:
+            yield factory
         return
-    with temporary_postgres_database() as url:
-        upgrade(url)
-        engine = create_engine_for(url)
-        yield make_session_factory(engine)
-        engine.dispose()
+    with temporary_postgres_database() as url, migrated_sessions(url) as factory:
+        yield factory
 
 
 @pytest.fixture
 def sqlite_sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """A session factory on a freshly migrated SQLite file."""
-    url = f"sqlite:///{tmp_path / 'ingest.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
+    with migrated_sessions(f"sqlite:///{tmp_path / 'ingest.db'}") as factory:
+        yield factory
 
 
 class Publisher:

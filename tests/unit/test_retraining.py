@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
 from db.errors import InvalidTransitionError
-from db.migrate import upgrade
 from db.schema import (
     ComparisonDecision,
     EvaluationSetMember,
@@ -40,7 +38,6 @@ from db.schema import (
     TrainingRunStatus,
     TrainingTrigger,
 )
-from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.comparison import PromotionPolicy
@@ -118,15 +115,6 @@ def labelled_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("labelled") / "images"
     generate_dataset(root, n=60, seed=5, size=32)
     return root
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _add_image(

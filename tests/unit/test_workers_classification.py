@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Image, ImageStatus, ModelTask, Prediction, SourceKind
-from db.session import create_engine_for, make_session_factory
 from defectloop.app import ingest_config, worker_config
 from defectloop.settings import DEFAULT_CLASSES, load_settings
 from models.infer import PredictionOutput
@@ -76,15 +74,6 @@ def fake_loader(loaded: list[VersionRef]) -> classification.ModelLoader:
         return LoadedModel(ref, FixedPredictor(ref.classes, [0.6, 0.1, 0.1, 0.1, 0.1]))
 
     return load
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def register(

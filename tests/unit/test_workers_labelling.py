@@ -7,7 +7,7 @@ planning, recording and reconciliation run for real.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import (
     Annotation,
     AnnotationOrigin,
@@ -30,7 +29,6 @@ from db.schema import (
     TrainingRunStatus,
     TrainingTrigger,
 )
-from db.session import create_engine_for, make_session_factory
 from labelling.errors import LabelStudioUnavailableError
 from labelling.names import FROM_NAME, IMAGE_ID_KEY, IMAGE_NAME, SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent
@@ -42,15 +40,6 @@ from workers.labelling import PushItem
 from workers.labelling_tasks import LabellingConfig
 
 CLASSES = ("ok", "hole", "raw_edge")
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'labelling.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @dataclass
