@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from db import repositories as repo
 from db.errors import DatabaseUnavailableError
 from db.migrate import upgrade
-from db.schema import Image, ModelTask, ModelVersion, Source, SourceKind
+from db.schema import Image, ImageStatus, ModelTask, ModelVersion, Source, SourceKind
 from db.session import check_connection, create_engine_for, make_session_factory
 
 POSTGRES_URL_VARIABLE = "DEFECTLOOP_TEST_POSTGRES_URL"
@@ -130,3 +130,27 @@ def new_model_version(session: Session, task: ModelTask = ModelTask.BINARY, **ov
     }
     values.update(overrides)
     return repo.register_model_version(session=session, name=name, task=task, **values)
+
+
+def mark_predicted(
+    session: Session,
+    image_id: int,
+    binary_version_id: int,
+    probabilities: dict[str, float],
+    *,
+    label: str,
+    confidence: float,
+    uncertainty: dict[str, float] | None = None,
+) -> None:
+    """Record a binary-only prediction of the image and move it to ``predicted``."""
+    repo.add_prediction(
+        session=session,
+        image_id=image_id,
+        binary_version_id=binary_version_id,
+        multiclass_version_id=None,
+        probabilities=probabilities,
+        predicted_label=label,
+        confidence=confidence,
+        uncertainty=uncertainty or {},
+    )
+    repo.set_image_status(session=session, image_id=image_id, status=ImageStatus.PREDICTED)

@@ -31,7 +31,7 @@ from db.schema import (
     TrainingRunStatus,
     TrainingTrigger,
 )
-from tests.db_helpers import new_image, new_model_version, new_source, sha_of
+from tests.db_helpers import mark_predicted, new_image, new_model_version, new_source, sha_of
 
 
 def _count(session: Session, model: type[object]) -> int:
@@ -783,17 +783,15 @@ def test_evaluation_needs_a_real_version_and_a_fingerprint(db_session: Session) 
 
 def _predicted(session: Session, name: str, binary_id: int) -> Image:
     image = new_image(session, name)
-    repo.add_prediction(
-        session=session,
-        image_id=image.id,
-        binary_version_id=binary_id,
-        multiclass_version_id=None,
-        probabilities={"ok": 0.4, "hole": 0.6},
-        predicted_label="hole",
+    mark_predicted(
+        session,
+        image.id,
+        binary_id,
+        {"ok": 0.4, "hole": 0.6},
+        label="hole",
         confidence=0.6,
         uncertainty={"entropy": 0.67},
     )
-    repo.set_image_status(session=session, image_id=image.id, status=ImageStatus.PREDICTED)
     return image
 
 

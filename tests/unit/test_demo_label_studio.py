@@ -19,14 +19,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.schema import Annotation, AnnotationOrigin, ImageStatus, ModelTask
+from db.schema import Annotation, AnnotationOrigin, ModelTask
 from defectloop.demo.label_studio import AnnotatorTimeoutError, LabelStudioAnnotator
 from defectloop.errors import DefectloopError
 from defectloop.settings import Settings
 from labelling.gateway import ProjectInfo
 from labelling.names import SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent
-from tests.db_helpers import new_image, new_model_version
+from tests.db_helpers import mark_predicted, new_image, new_model_version
 from workers import labelling
 from workers.labelling import PushItem
 
@@ -116,17 +116,15 @@ def _pool(sessions: sessionmaker[Session], n: int) -> list[int]:
             image = new_image(session, f"img{i}.png")
             certain = 0.95 - i * 0.05
             probs = {"ok": certain, "hole": (1 - certain) / 2, "raw_edge": (1 - certain) / 2}
-            repo.add_prediction(
-                session=session,
-                image_id=image.id,
-                binary_version_id=binary.id,
-                multiclass_version_id=None,
-                probabilities=probs,
-                predicted_label="ok",
+            mark_predicted(
+                session,
+                image.id,
+                binary.id,
+                probs,
+                label="ok",
                 confidence=certain,
                 uncertainty={"entropy": 0.0},
             )
-            repo.set_image_status(session=session, image_id=image.id, status=ImageStatus.PREDICTED)
             ids.append(image.id)
         return ids
 

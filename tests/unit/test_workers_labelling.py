@@ -33,7 +33,7 @@ from labelling.errors import LabelStudioUnavailableError
 from labelling.names import FROM_NAME, IMAGE_ID_KEY, IMAGE_NAME, SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent
 from models.selection import STRATEGIES
-from tests.db_helpers import new_image, new_model_version
+from tests.db_helpers import mark_predicted, new_image, new_model_version
 from workers import labelling
 from workers.backend import LabellingHandlers
 from workers.labelling import PushItem
@@ -85,17 +85,15 @@ def _predict(
     session: Session, image_id: int, binary_id: int, probs: dict[str, float], bald: float = 0.0
 ) -> None:
     label = max(probs, key=lambda c: probs[c])
-    repo.add_prediction(
-        session=session,
-        image_id=image_id,
-        binary_version_id=binary_id,
-        multiclass_version_id=None,
-        probabilities=probs,
-        predicted_label=label,
+    mark_predicted(
+        session,
+        image_id,
+        binary_id,
+        probs,
+        label=label,
         confidence=probs[label],
         uncertainty={"entropy": 0.0, "bald": bald},
     )
-    repo.set_image_status(session=session, image_id=image_id, status=ImageStatus.PREDICTED)
 
 
 def _pool(sessions: sessionmaker[Session], n: int = 6) -> tuple[list[int], int]:
