@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from db import repositories as repo
 from db.errors import DatabaseUnavailableError
 from db.migrate import upgrade
-from db.schema import Image, ImageStatus, ModelTask, ModelVersion, Source, SourceKind
+from db.schema import DemoArm, DemoRound, Image, ImageStatus, ModelTask, ModelVersion, Source, SourceKind
 from db.session import check_connection, create_engine_for, make_session_factory
 
 POSTGRES_URL_VARIABLE = "DEFECTLOOP_TEST_POSTGRES_URL"
@@ -154,3 +154,10 @@ def mark_predicted(
         uncertainty=uncertainty or {},
     )
     repo.set_image_status(session=session, image_id=image_id, status=ImageStatus.PREDICTED)
+
+
+def record_round(session: Session, run_id: int, round_number: int, arm: DemoArm, **fields: Any) -> DemoRound:
+    """``repo.record_demo_round`` of one arm's round; ``fields``: labels_used, defects_found, metrics..."""
+    fields.setdefault("metrics", {})
+    fields.update(session=session, run_id=run_id, round_number=round_number, arm=arm)
+    return repo.record_demo_round(**fields)

@@ -31,7 +31,7 @@ from db.schema import (
     TrainingRunStatus,
     TrainingTrigger,
 )
-from tests.db_helpers import mark_predicted, new_image, new_model_version, new_source, sha_of
+from tests.db_helpers import mark_predicted, new_image, new_model_version, new_source, record_round, sha_of
 
 
 def _count(session: Session, model: type[object]) -> int:
@@ -923,11 +923,11 @@ def test_demo_run_rounds_are_recorded_once_per_arm_and_listed_in_order(db_sessio
         (0, DemoArm.ACTIVE, 0, 0),
         (1, DemoArm.ACTIVE, 10, 6),
     ]:
-        repo.record_demo_round(
-            session=db_session,
-            run_id=run.id,
-            round_number=round_number,
-            arm=arm,
+        record_round(
+            db_session,
+            run.id,
+            round_number,
+            arm,
             labels_used=labels,
             defects_found=defects,
             metrics={"macro_f1": 0.5},
@@ -941,25 +941,9 @@ def test_demo_run_rounds_are_recorded_once_per_arm_and_listed_in_order(db_sessio
         r.round for r in repo.list_demo_rounds(session=db_session, run_id=run.id, arm=DemoArm.RANDOM)
     ] == [1]
     with pytest.raises(IntegrityViolation, match="defects_found <= labels_used"):
-        repo.record_demo_round(
-            session=db_session,
-            run_id=run.id,
-            round_number=2,
-            arm=DemoArm.ACTIVE,
-            labels_used=3,
-            defects_found=4,
-            metrics={},
-        )
+        record_round(db_session, run.id, 2, DemoArm.ACTIVE, labels_used=3, defects_found=4)
     with pytest.raises(IntegrityViolation, match="recorded already"):
-        repo.record_demo_round(
-            session=db_session,
-            run_id=run.id,
-            round_number=1,
-            arm=DemoArm.ACTIVE,
-            labels_used=10,
-            defects_found=6,
-            metrics={},
-        )
+        record_round(db_session, run.id, 1, DemoArm.ACTIVE, labels_used=10, defects_found=6)
 
 
 def test_demo_run_status_moves_and_latest_is_the_last_started(db_session: Session) -> None:
