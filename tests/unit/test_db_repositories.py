@@ -6,6 +6,7 @@ Every test runs inside a transaction rolled back at its end (see tests/db_fixtur
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -36,6 +37,15 @@ from tests.db_helpers import mark_predicted, new_image, new_model_version, new_s
 
 def _count(session: Session, model: type[object]) -> int:
     return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def _annotate(session: Session, image_id: int, label: str | None, ls_id: int, **extra: Any) -> RecordOutcome:
+    """Record Label Studio annotation ``ls_id`` of the image (by annotator "a" unless ``extra`` names one)."""
+    extra.setdefault("annotator", "a")
+    _, outcome = repo.record_annotation(
+        session=session, image_id=image_id, label=label, ls_annotation_id=ls_id, **extra
+    )
+    return outcome
 
 
 # --- sources and images ----------------------------------------------------------------------------
@@ -490,15 +500,7 @@ def test_labelled_images_are_those_with_a_current_label_oldest_first(db_session:
     relabelled, deleted, cancelled, unlabelled = (new_image(db_session, f"{n}.png") for n in "abcd")
 
     def label(image_id: int, value: str | None, ls_id: int, hours: int, **extra: object) -> None:
-        repo.record_annotation(
-            session=db_session,
-            image_id=image_id,
-            label=value,
-            annotator="a",
-            ls_annotation_id=ls_id,
-            annotated_at=at + timedelta(hours=hours),
-            **extra,  # type: ignore[arg-type]
-        )
+        _annotate(db_session, image_id, value, ls_id, annotated_at=at + timedelta(hours=hours), **extra)
 
     label(relabelled.id, "hole", 1, 0)
     label(relabelled.id, "ok", 2, 1)  # a second annotator's later answer wins
@@ -528,30 +530,10 @@ def test_current_label_skips_deleted_and_cancelled_annotations(db_session: Sessi
     image = new_image(db_session)
     at = datetime(2030, 1, 1, tzinfo=UTC)
     assert repo.current_label(session=db_session, image_id=image.id) is None
-    repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label="hole",
-        annotator="a",
-        ls_annotation_id=1,
-        annotated_at=at,
-    )
-    repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label="ok",
-        annotator="b",
-        ls_annotation_id=2,
-        annotated_at=at + timedelta(hours=1),
-    )
-    repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label=None,
-        annotator="c",
-        ls_annotation_id=3,
-        was_cancelled=True,
-        annotated_at=at + timedelta(hours=2),
+    _annotate(db_session, image.id, "hole", 1, annotated_at=at)
+    _annotate(db_session, image.id, "ok", 2, annotator="b", annotated_at=at + timedelta(hours=1))
+    _annotate(
+        db_session, image.id, None, 3, annotator="c", was_cancelled=True, annotated_at=at + timedelta(hours=2)
     )
     assert repo.current_label(session=db_session, image_id=image.id) == "ok"
     assert repo.mark_annotation_deleted(session=db_session, ls_annotation_id=2)
@@ -559,14 +541,7 @@ def test_current_label_skips_deleted_and_cancelled_annotations(db_session: Sessi
     assert not repo.mark_annotation_deleted(session=db_session, ls_annotation_id=404)
     assert repo.current_label(session=db_session, image_id=image.id) == "hole"
     # A late re-delivery of the deleted annotation does not bring it back.
-    _, outcome = repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label="ok",
-        annotator="b",
-        ls_annotation_id=2,
-        annotated_at=at + timedelta(hours=5),
-    )
+    outcome = _annotate(db_session, image.id, "ok", 2, annotator="b", annotated_at=at + timedelta(hours=5))
     assert outcome is RecordOutcome.UNCHANGED
     assert repo.current_label(session=db_session, image_id=image.id) == "hole"
 
@@ -810,14 +785,7 @@ def test_labelling_candidates_skip_planned_labelled_and_other_model_images(db_se
     repo.record_annotation(
         session=db_session, image_id=labelled.id, label="ok", annotator="a", origin=AnnotationOrigin.IMPORT
     )
-    repo.record_annotation(
-        session=db_session,
-        image_id=cancelled.id,
-        label=None,
-        annotator="a",
-        ls_annotation_id=9,
-        was_cancelled=True,
-    )
+    _annotate(db_session, cancelled.id, None, 9, was_cancelled=True)
 
     found = repo.list_labelling_candidates(session=db_session, model_key=key, ls_project_id=5)
     assert [p.image_id for p in found] == [cancelled.id, free.id]  # newest first; a skip is no label
