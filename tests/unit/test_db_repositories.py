@@ -76,28 +76,11 @@ def test_add_image_is_idempotent_on_sha256(db_session: Session) -> None:
 
 
 def test_add_image_refuses_a_malformed_hash_and_an_unknown_source(db_session: Session) -> None:
+    common = {"session": db_session, "path": "/x", "width": 1, "height": 1, "mode": "L", "size_bytes": 1}
     with pytest.raises(ValueError, match="64 lowercase hex"):
-        repo.add_image(
-            session=db_session,
-            sha256="ABC",
-            path="/x",
-            source_id=1,
-            width=1,
-            height=1,
-            mode="L",
-            size_bytes=1,
-        )
+        repo.add_image(sha256="ABC", source_id=1, **common)
     with pytest.raises(IntegrityViolation, match="does source 424242 exist"):
-        repo.add_image(
-            session=db_session,
-            sha256=sha_of("orphan"),
-            path="/x",
-            source_id=424242,
-            width=1,
-            height=1,
-            mode="L",
-            size_bytes=1,
-        )
+        repo.add_image(sha256=sha_of("orphan"), source_id=424242, **common)
 
 
 def test_quarantine_file_without_a_hash_is_one_row_per_path_size_and_mtime(db_session: Session) -> None:
@@ -714,21 +697,16 @@ def test_evaluations_are_appended_per_run_and_listed_oldest_first(db_session: Se
     version = new_model_version(db_session)
     found = repo.get_model_version_by_name(session=db_session, name=version.name)
     assert found.id == version.id
-    first = repo.record_evaluation(
-        session=db_session,
-        model_version_id=version.id,
-        dataset="/data/aitex",
-        dataset_sha256=sha_of("aitex-v1"),
-        n_images=120,
-        metrics={"macro_f1": 0.61},
-    )
-    second = repo.record_evaluation(
-        session=db_session,
-        model_version_id=version.id,
-        dataset="/data/aitex",
-        dataset_sha256=sha_of("aitex-v1"),
-        n_images=120,
-        metrics={"macro_f1": 0.61},
+    first, second = (
+        repo.record_evaluation(
+            session=db_session,
+            model_version_id=version.id,
+            dataset="/data/aitex",
+            dataset_sha256=sha_of("aitex-v1"),
+            n_images=120,
+            metrics={"macro_f1": 0.61},
+        )
+        for _ in range(2)  # the same evaluation run twice: two rows
     )
     listed = repo.list_evaluations(session=db_session, model_version_id=version.id)
     assert [e.id for e in listed] == [first.id, second.id]
