@@ -128,6 +128,20 @@ def running() -> Iterator[list[IngestService]]:
         service.stop(timeout=30)
 
 
+def start_service(
+    running: list[IngestService],
+    sessions: sessionmaker[Session],
+    roots: list[Path],
+    publish: Callable[[list[int]], None],
+    **overrides: object,
+) -> IngestService:
+    """``make_service``, started; the ``running`` fixture stops it at the end."""
+    service = make_service(sessions, roots, publish, **overrides)
+    running.append(service)
+    service.start()
+    return service
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -223,9 +237,7 @@ def test_drop_of_200_images_and_30_bad_files(
         drop.ignored.append(ignored)
 
     publisher = Publisher(sessions)
-    service = make_service(sessions, [cam1, cam2], publisher, max_bytes=1_000_000)
-    running.append(service)
-    service.start()
+    service = start_service(running, sessions, [cam1, cam2], publisher, max_bytes=1_000_000)
 
     # After start: folders created now (watched recursively), the rest of the bad files, duplicates.
     line2, deep = cam1 / "line2", cam2 / "a" / "b" / "c"
@@ -357,9 +369,7 @@ def test_publish_failures_lose_nothing_and_the_watcher_keeps_going(
     cam.mkdir()
     publisher = Publisher(sessions)
     publisher.failing = True
-    service = make_service(sessions, [cam], publisher)
-    running.append(service)
-    service.start()
+    service = start_service(running, sessions, [cam], publisher)
     for i in range(8):
         (cam / f"a_{i}.png").write_bytes(synthetic_photo(i))
     wait_until(
@@ -401,9 +411,7 @@ def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
         release.wait(DEADLINE_S)  # the broker hangs until the test releases it
         publisher(image_ids)
 
-    service = make_service(sqlite_sessions, [cam], hanging, publish_batch_size=4)
-    running.append(service)
-    service.start()
+    service = start_service(running, sqlite_sessions, [cam], hanging, publish_batch_size=4)
     (cam / "first.png").write_bytes(synthetic_photo(0))
     wait_until(lambda: len(calls) == 1, lambda: f"{service.stats()}")
     for i in range(1, 11):  # arrive while the publish hangs
@@ -447,11 +455,9 @@ def test_polling_observer_sees_new_files_and_folders(
     (cam / "before.png").write_bytes(synthetic_photo(0))
     publisher = Publisher(sqlite_sessions)
     # No periodic rescan during the test: whatever arrives after start is seen by polling.
-    service = make_service(
-        sqlite_sessions, [cam], publisher, poll=True, poll_interval_seconds=0.2, rescan_seconds=600
+    service = start_service(
+        running, sqlite_sessions, [cam], publisher, poll=True, poll_interval_seconds=0.2, rescan_seconds=600
     )
-    running.append(service)
-    service.start()
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     (cam / "later").mkdir()
     for i in range(1, 7):
@@ -480,9 +486,7 @@ def test_events_missed_by_the_observer_are_found_by_the_rescan(
     cam.mkdir()
     monkeypatch.setattr(ingest._EventRecorder, "on_any_event", lambda self, event: None)
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.5)
-    running.append(service)
-    service.start()
+    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=0.5)
     (cam / "sub").mkdir()
     for i in range(5):
         (cam / ("sub" if i % 2 else ".") / f"m_{i}.png").write_bytes(synthetic_photo(i))
@@ -499,9 +503,7 @@ def test_a_folder_moved_in_after_start_is_scanned(
     for i in range(4):
         (staging / "batch" / ("inner" if i % 2 else ".") / f"s_{i}.png").write_bytes(synthetic_photo(i))
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=600)
-    running.append(service)
-    service.start()
+    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=600)
     wait_until(lambda: service.stats().scans == 1, lambda: str(service.stats()))
     (staging / "batch").rename(cam / "batch")
     wait_until(lambda: len(publisher.ids()) == 4, lambda: str(service.stats()))
@@ -520,9 +522,7 @@ def test_a_writer_that_pauses_longer_than_the_stability_interval_is_waited_for(
     cam = tmp_path / "cam"
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, incomplete_grace_seconds=30.0)
-    running.append(service)
-    service.start()
+    service = start_service(running, sqlite_sessions, [cam], publisher, incomplete_grace_seconds=30.0)
     data = synthetic_photo(3, fmt="JPEG")
     with (cam / "paused.jpg").open("wb") as handle:
         handle.write(data[: len(data) // 2])
@@ -553,9 +553,7 @@ def test_a_database_outage_delays_a_file_and_loses_nothing(
         return sqlite_sessions()
 
     publisher = Publisher(sqlite_sessions)
-    service = make_service(flaky_sessions, [cam], publisher)  # type: ignore[arg-type]
-    running.append(service)
-    service.start()
+    service = start_service(running, flaky_sessions, [cam], publisher)  # type: ignore[arg-type]
     (cam / "x.png").write_bytes(synthetic_photo(1))
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     assert service.stats().retries == 2
@@ -603,9 +601,9 @@ def test_delete_after_ingest_keeps_a_copy_and_leaves_bad_files(
     cam, store = tmp_path / "cam", tmp_path / "store"
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, store_dir=store, delete_after_ingest=True)
-    running.append(service)
-    service.start()
+    service = start_service(
+        running, sqlite_sessions, [cam], publisher, store_dir=store, delete_after_ingest=True
+    )
     photos = {f"d_{i}.jpg": synthetic_photo(i, fmt="JPEG") for i in range(3)}
     for name, data in photos.items():
         (cam / name).write_bytes(data)
@@ -652,9 +650,7 @@ def test_a_camera_folder_that_vanishes_and_comes_back_is_watched_again(
     cam = tmp_path / "cam"
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
-    running.append(service)
-    service.start()
+    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
     cam.rmdir()  # the share is unmounted
     wait_until(lambda: service.stats().scans >= 3, lambda: str(service.stats()))
     assert service.alive
@@ -677,9 +673,7 @@ def test_a_dead_observer_is_replaced(
     cam = tmp_path / "cam"
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
-    running.append(service)
-    service.start()
+    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
     first = service._observer
     assert first is not None
     first.stop()
@@ -798,7 +792,8 @@ def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
     if route == "rescan":
         monkeypatch.setattr(ingest._EventRecorder, "on_any_event", lambda self, event: None)
     publisher = Publisher(sqlite_sessions)
-    service = make_service(
+    service = start_service(
+        running,
         sqlite_sessions,
         [cam],
         publisher,
@@ -806,8 +801,6 @@ def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
         poll=route == "polling",
         poll_interval_seconds=0.2,
     )
-    running.append(service)
-    service.start()
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     if route != "scan":
         make_links()
@@ -863,9 +856,7 @@ def test_a_file_changed_in_place_or_replaced_by_a_rename_supersedes_its_row(
     cam.mkdir()
     shot = cam / "shot.png"
     publisher = Publisher(sessions)
-    service = make_service(sessions, [cam], publisher)
-    running.append(service)
-    service.start()
+    service = start_service(running, sessions, [cam], publisher)
     first, second, third = (synthetic_photo(i) for i in (1, 2, 3))
 
     def row_of(data: bytes) -> Image:
@@ -929,9 +920,7 @@ def test_a_quarantined_file_that_becomes_a_valid_image_supersedes_its_quarantine
     cam = (tmp_path / "cam").resolve()
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher)
-    running.append(service)
-    service.start()
+    service = start_service(running, sqlite_sessions, [cam], publisher)
     data = synthetic_photo(5, fmt="JPEG")
     with (cam / "paused.jpg").open("wb") as handle:
         handle.write(data[: len(data) // 2])
@@ -989,7 +978,8 @@ def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stabi
     cam.mkdir()
     staging.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(
+    service = start_service(
+        running,
         sqlite_sessions,
         [cam],
         publisher,
@@ -997,8 +987,6 @@ def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stabi
         incomplete_grace_seconds=600,
         rescan_seconds=600,
     )
-    running.append(service)
-    service.start()
     photos = {
         "closed.png": synthetic_photo(1),
         "closed.jpg": synthetic_photo(2, fmt="JPEG"),
