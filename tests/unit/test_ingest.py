@@ -119,27 +119,37 @@ def make_service(
     return IngestService(IngestConfig(roots, **settings), sessions, publish)  # type: ignore[arg-type]
 
 
+StartService = Callable[..., IngestService]
+
+
 @pytest.fixture
-def running() -> Iterator[list[IngestService]]:
-    """Services a test starts; each is stopped at the end whatever happens."""
+def start_service() -> Iterator[StartService]:
+    """Starts ``make_service(sessions, roots, publish, **overrides)``; each service started is stopped at
+    the end whatever happens."""
     services: list[IngestService] = []
-    yield services
+
+    def start(
+        sessions: sessionmaker[Session],
+        roots: list[Path],
+        publish: Callable[[list[int]], None],
+        **overrides: object,
+    ) -> IngestService:
+        service = make_service(sessions, roots, publish, **overrides)
+        services.append(service)
+        service.start()
+        return service
+
+    yield start
     for service in services:
         service.stop(timeout=30)
 
 
-def start_service(
-    running: list[IngestService],
-    sessions: sessionmaker[Session],
-    roots: list[Path],
-    publish: Callable[[list[int]], None],
-    **overrides: object,
-) -> IngestService:
-    """``make_service``, started; the ``running`` fixture stops it at the end."""
-    service = make_service(sessions, roots, publish, **overrides)
-    running.append(service)
-    service.start()
-    return service
+@pytest.fixture
+def cam(tmp_path: Path) -> Path:
+    """An empty camera folder, ``tmp_path / "cam"``."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    return folder
 
 
 def sha(data: bytes) -> str:
@@ -184,7 +194,7 @@ def test_drop_of_200_images_and_30_bad_files(
     sessions: sessionmaker[Session],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    running: list[IngestService],
+    start_service: StartService,
 ) -> None:
     cam1, cam2, outside = (tmp_path / "cam1").resolve(), (tmp_path / "cam2").resolve(), tmp_path / "outside"
     for folder in (cam1, cam2, outside):
@@ -237,7 +247,7 @@ def test_drop_of_200_images_and_30_bad_files(
         drop.ignored.append(ignored)
 
     publisher = Publisher(sessions)
-    service = start_service(running, sessions, [cam1, cam2], publisher, max_bytes=1_000_000)
+    service = start_service(sessions, [cam1, cam2], publisher, max_bytes=1_000_000)
 
     # After start: folders created now (watched recursively), the rest of the bad files, duplicates.
     line2, deep = cam1 / "line2", cam2 / "a" / "b" / "c"
@@ -363,13 +373,11 @@ def test_drop_of_200_images_and_30_bad_files(
 
 
 def test_publish_failures_lose_nothing_and_the_watcher_keeps_going(
-    sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sessions)
     publisher.failing = True
-    service = start_service(running, sessions, [cam], publisher)
+    service = start_service(sessions, [cam], publisher)
     for i in range(8):
         (cam / f"a_{i}.png").write_bytes(synthetic_photo(i))
     wait_until(
@@ -395,13 +403,11 @@ def test_publish_failures_lose_nothing_and_the_watcher_keeps_going(
 
 
 def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
     """A broker can hang without closing its connections (a network partition): a publish then blocks
     for as long as it lasts. Publishing runs in its own thread, so files are recorded meanwhile and
     announced, each once, when the broker answers again."""
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
     release = threading.Event()
     calls: list[list[int]] = []
@@ -411,7 +417,7 @@ def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
         release.wait(DEADLINE_S)  # the broker hangs until the test releases it
         publisher(image_ids)
 
-    service = start_service(running, sqlite_sessions, [cam], hanging, publish_batch_size=4)
+    service = start_service(sqlite_sessions, [cam], hanging, publish_batch_size=4)
     (cam / "first.png").write_bytes(synthetic_photo(0))
     wait_until(lambda: len(calls) == 1, lambda: f"{service.stats()}")
     for i in range(1, 11):  # arrive while the publish hangs
@@ -429,9 +435,7 @@ def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
     assert publisher.not_committed == []
 
 
-def test_stop_announces_the_last_images_once(sqlite_sessions: sessionmaker[Session], tmp_path: Path) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_stop_announces_the_last_images_once(sqlite_sessions: sessionmaker[Session], cam: Path) -> None:
     publisher = Publisher(sqlite_sessions)
     service = make_service(sqlite_sessions, [cam], publisher)
     publisher.failing = True
@@ -448,7 +452,7 @@ def test_stop_announces_the_last_images_once(sqlite_sessions: sessionmaker[Sessi
 
 
 def test_polling_observer_sees_new_files_and_folders(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam = tmp_path / "share"
     cam.mkdir()
@@ -456,7 +460,7 @@ def test_polling_observer_sees_new_files_and_folders(
     publisher = Publisher(sqlite_sessions)
     # No periodic rescan during the test: whatever arrives after start is seen by polling.
     service = start_service(
-        running, sqlite_sessions, [cam], publisher, poll=True, poll_interval_seconds=0.2, rescan_seconds=600
+        sqlite_sessions, [cam], publisher, poll=True, poll_interval_seconds=0.2, rescan_seconds=600
     )
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     (cam / "later").mkdir()
@@ -478,15 +482,13 @@ def test_polling_observer_sees_new_files_and_folders(
 
 def test_events_missed_by_the_observer_are_found_by_the_rescan(
     sqlite_sessions: sessionmaker[Session],
-    tmp_path: Path,
+    cam: Path,
     monkeypatch: pytest.MonkeyPatch,
-    running: list[IngestService],
+    start_service: StartService,
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     monkeypatch.setattr(ingest._EventRecorder, "on_any_event", lambda self, event: None)
     publisher = Publisher(sqlite_sessions)
-    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=0.5)
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.5)
     (cam / "sub").mkdir()
     for i in range(5):
         (cam / ("sub" if i % 2 else ".") / f"m_{i}.png").write_bytes(synthetic_photo(i))
@@ -495,7 +497,7 @@ def test_events_missed_by_the_observer_are_found_by_the_rescan(
 
 
 def test_a_folder_moved_in_after_start_is_scanned(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam, staging = tmp_path / "cam", tmp_path / "staging"
     cam.mkdir()
@@ -503,7 +505,7 @@ def test_a_folder_moved_in_after_start_is_scanned(
     for i in range(4):
         (staging / "batch" / ("inner" if i % 2 else ".") / f"s_{i}.png").write_bytes(synthetic_photo(i))
     publisher = Publisher(sqlite_sessions)
-    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=600)
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=600)
     wait_until(lambda: service.stats().scans == 1, lambda: str(service.stats()))
     (staging / "batch").rename(cam / "batch")
     wait_until(lambda: len(publisher.ids()) == 4, lambda: str(service.stats()))
@@ -514,15 +516,13 @@ def test_a_folder_moved_in_after_start_is_scanned(
 
 def test_a_writer_that_pauses_longer_than_the_stability_interval_is_waited_for(
     sqlite_sessions: sessionmaker[Session],
-    tmp_path: Path,
-    running: list[IngestService],
+    cam: Path,
+    start_service: StartService,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="workers.ingest")
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = start_service(running, sqlite_sessions, [cam], publisher, incomplete_grace_seconds=30.0)
+    service = start_service(sqlite_sessions, [cam], publisher, incomplete_grace_seconds=30.0)
     data = synthetic_photo(3, fmt="JPEG")
     with (cam / "paused.jpg").open("wb") as handle:
         handle.write(data[: len(data) // 2])
@@ -540,10 +540,8 @@ def test_a_writer_that_pauses_longer_than_the_stability_interval_is_waited_for(
 
 
 def test_a_database_outage_delays_a_file_and_loses_nothing(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     failures = {"left": 2}
 
     def flaky_sessions() -> Session:
@@ -553,7 +551,7 @@ def test_a_database_outage_delays_a_file_and_loses_nothing(
         return sqlite_sessions()
 
     publisher = Publisher(sqlite_sessions)
-    service = start_service(running, flaky_sessions, [cam], publisher)  # type: ignore[arg-type]
+    service = start_service(flaky_sessions, [cam], publisher)  # type: ignore[arg-type]
     (cam / "x.png").write_bytes(synthetic_photo(1))
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     assert service.stats().retries == 2
@@ -561,10 +559,8 @@ def test_a_database_outage_delays_a_file_and_loses_nothing(
 
 
 def test_scan_once_takes_quiet_files_now_and_waits_for_the_rest(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path
+    sqlite_sessions: sessionmaker[Session], cam: Path
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     hour_ago = time.time() - 3600
     for i in range(4):
         (cam / f"old_{i}.png").write_bytes(synthetic_photo(i))
@@ -596,14 +592,12 @@ def test_scan_once_takes_quiet_files_now_and_waits_for_the_rest(
 
 
 def test_delete_after_ingest_keeps_a_copy_and_leaves_bad_files(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam, store = tmp_path / "cam", tmp_path / "store"
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = start_service(
-        running, sqlite_sessions, [cam], publisher, store_dir=store, delete_after_ingest=True
-    )
+    service = start_service(sqlite_sessions, [cam], publisher, store_dir=store, delete_after_ingest=True)
     photos = {f"d_{i}.jpg": synthetic_photo(i, fmt="JPEG") for i in range(3)}
     for name, data in photos.items():
         (cam / name).write_bytes(data)
@@ -645,12 +639,10 @@ def test_delete_after_ingest_never_deletes_the_file_a_row_points_at(
 
 
 def test_a_camera_folder_that_vanishes_and_comes_back_is_watched_again(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
     cam.rmdir()  # the share is unmounted
     wait_until(lambda: service.stats().scans >= 3, lambda: str(service.stats()))
     assert service.alive
@@ -668,12 +660,10 @@ def test_a_camera_folder_that_vanishes_and_comes_back_is_watched_again(
 
 
 def test_a_dead_observer_is_replaced(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = start_service(running, sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
     first = service._observer
     assert first is not None
     first.stop()
@@ -688,11 +678,7 @@ def test_a_dead_observer_is_replaced(
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
 
 
-def test_stop_is_clean_and_a_service_starts_once(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path
-) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_stop_is_clean_and_a_service_starts_once(sqlite_sessions: sessionmaker[Session], cam: Path) -> None:
     service = make_service(sqlite_sessions, [cam], Publisher(sqlite_sessions))
     service.start()
     assert service.alive
@@ -703,11 +689,7 @@ def test_stop_is_clean_and_a_service_starts_once(
     assert not any(t.name.startswith("defectloop-") and t.is_alive() for t in threading.enumerate())
 
 
-def test_run_forever_returns_after_request_stop(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path
-) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_run_forever_returns_after_request_stop(sqlite_sessions: sessionmaker[Session], cam: Path) -> None:
     (cam / "one.png").write_bytes(synthetic_photo(1))
     publisher = Publisher(sqlite_sessions)
     service = make_service(sqlite_sessions, [cam], publisher)
@@ -722,9 +704,7 @@ def test_run_forever_returns_after_request_stop(
 # --- configuration --------------------------------------------------------------------------------
 
 
-def test_config_normalises_and_refuses_what_would_go_wrong(tmp_path: Path) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_config_normalises_and_refuses_what_would_go_wrong(cam: Path) -> None:
     config = IngestConfig([cam, cam / "."], extensions=["JPG", ".Png", " tif "])
     assert config.roots == (cam.resolve(),)
     assert config.extensions == frozenset({".jpg", ".png", ".tif"})
@@ -765,7 +745,7 @@ def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
     sqlite_sessions: sessionmaker[Session],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    running: list[IngestService],
+    start_service: StartService,
     caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
@@ -793,7 +773,6 @@ def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
         monkeypatch.setattr(ingest._EventRecorder, "on_any_event", lambda self, event: None)
     publisher = Publisher(sqlite_sessions)
     service = start_service(
-        running,
         sqlite_sessions,
         [cam],
         publisher,
@@ -850,13 +829,13 @@ def test_a_symlink_to_an_image_in_the_folders_is_recorded_by_the_file_it_points_
 
 
 def test_a_file_changed_in_place_or_replaced_by_a_rename_supersedes_its_row(
-    sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam = (tmp_path / "cam").resolve()
     cam.mkdir()
     shot = cam / "shot.png"
     publisher = Publisher(sessions)
-    service = start_service(running, sessions, [cam], publisher)
+    service = start_service(sessions, [cam], publisher)
     first, second, third = (synthetic_photo(i) for i in (1, 2, 3))
 
     def row_of(data: bytes) -> Image:
@@ -913,14 +892,14 @@ def test_a_file_changed_in_place_or_replaced_by_a_rename_supersedes_its_row(
 
 
 def test_a_quarantined_file_that_becomes_a_valid_image_supersedes_its_quarantine_row(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     """A writer that pauses longer than the grace: its half file is quarantined as truncated; once the
     file is complete, its image supersedes that row, and the counts say one image, no bad file."""
     cam = (tmp_path / "cam").resolve()
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = start_service(running, sqlite_sessions, [cam], publisher)
+    service = start_service(sqlite_sessions, [cam], publisher)
     data = synthetic_photo(5, fmt="JPEG")
     with (cam / "paused.jpg").open("wb") as handle:
         handle.write(data[: len(data) // 2])
@@ -967,7 +946,7 @@ def test_a_quarantined_file_that_becomes_a_valid_image_supersedes_its_quarantine
 def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stability_wait(
     sqlite_sessions: sessionmaker[Session],
     tmp_path: Path,
-    running: list[IngestService],
+    start_service: StartService,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With a stability wait far longer than the test, only the fast path can take a file: closed after
@@ -979,7 +958,6 @@ def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stabi
     staging.mkdir()
     publisher = Publisher(sqlite_sessions)
     service = start_service(
-        running,
         sqlite_sessions,
         [cam],
         publisher,
