@@ -7,14 +7,12 @@ with a generous deadline, so a loaded machine makes the tests slower, never red.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import repositories as repo
 from db.schema import Image, ImageStatus, Source, SourceKind
 from tests.db_helpers import migrated_sessions, temporary_postgres_database
-from tests.image_files import bad_files, converted_images, synthetic_photo, write_slowly
+from tests.image_files import ODD_NAMES, Drop, bad_files, converted_images, sha, synthetic_photo, write_slowly
 from workers import ingest, validation
 from workers.ingest import IngestConfig, IngestService, camera_source_name
 from workers.validation import Reason, reason_of
@@ -152,41 +150,6 @@ def cam(tmp_path: Path) -> Path:
     return folder
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def storable(path: Path) -> str:
-    """How the service stores a path (names that are not UTF-8 shown with \\x escapes)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-@dataclass
-class Drop:
-    """What a test dropped into the camera folders and what must come of it."""
-
-    good: list[tuple[Path, bytes]] = field(default_factory=list)
-    bad: dict[str, Reason] = field(default_factory=dict)  # stored path -> reason
-    ignored: list[Path] = field(default_factory=list)
-
-    def put(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.good.append((path, data))
-
-    def put_bad(self, path: Path, data: bytes, reason: Reason) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.bad[storable(path)] = reason
-
-    def distinct(self) -> dict[str, set[str]]:
-        """sha256 -> the paths carrying those bytes."""
-        found: dict[str, set[str]] = {}
-        for path, data in self.good:
-            found.setdefault(sha(data), set()).add(str(path))
-        return found
-
-
 # --- the issue's check: 200 good images and 30 bad files, some written slowly ---------------------
 
 
@@ -223,16 +186,7 @@ def test_drop_of_200_images_and_30_bad_files(
     monkeypatch.setattr(ingest, "read_image_file", read_with_bug)
 
     # Before start (found by the initial scan): 30 good images, 6 bad files, files to ignore.
-    odd = [
-        "de\u0301faut nfd.png",
-        "d\u00e9faut nfc.png",
-        "🧵 seam 🪡.jpg",
-        "line\nbreak.png",
-        "spaces  in  name.jpg",
-    ]
-    for i in range(30):
-        name = odd[i] if i < len(odd) else f"pre_{i:03d}.{'jpg' if i % 2 else 'png'}"
-        drop.put((cam1 if i % 3 else cam2) / name, photos[i])
+    drop.put_named(cam1, cam2, photos[:30], (*ODD_NAMES, "spaces  in  name.jpg"))
     for name in bad_names[:6]:
         drop.put_bad(cam1 / name, bad[name][0], bad[name][1])
     drop.put(cam1 / "folder.jpg" / "inside.png", photos[30])  # a folder named like an image
@@ -264,17 +218,7 @@ def test_drop_of_200_images_and_30_bad_files(
         drop.put((cam2 if i % 2 else line2) / f"copy_of_{i:02d}.{'jpg' if i % 2 else 'png'}", photos[i])
     drop.put_bad(cam1 / "empty_a.jpg", b"", Reason.EMPTY)
     drop.put_bad(deep / "empty_b.png", b"", Reason.EMPTY)
-    (outside / "elsewhere.png").write_bytes(synthetic_photo(500))
-    (cam1 / "linked_out.png").symlink_to(outside / "elsewhere.png")
-    drop.bad[str(cam1 / "linked_out.png")] = Reason.SYMLINK_OUTSIDE
-    (cam2 / "dangling.jpg").symlink_to(cam2 / "never_written.jpg")
-    drop.bad[str(cam2 / "dangling.jpg")] = Reason.BROKEN_SYMLINK
-    os.mkfifo(cam1 / "pipe.jpg")
-    drop.bad[str(cam1 / "pipe.jpg")] = Reason.NOT_A_FILE
-    raw_name = os.fsencode(cam2) + b"/bad\xffname.png"
-    with open(raw_name, "wb") as handle:  # noqa: PTH123  (a bytes path: the name is not UTF-8)
-        handle.write(synthetic_photo(501))
-    drop.bad[storable(Path(os.fsdecode(raw_name)))] = Reason.BAD_NAME
+    drop.put_unusual(cam1, cam2, outside, seed=500)
     drop.put_bad(cam1 / "huge.jpg", os.urandom(1_500_000), Reason.TOO_LARGE)
     drop.put_bad(cam2 / "locked.jpg", synthetic_photo(502), Reason.UNREADABLE)
     (cam2 / "locked.jpg").chmod(0)
