@@ -761,18 +761,21 @@ def test_settings_feed_the_worker_and_the_watcher(tmp_path: Path) -> None:
     assert ingest.rescan_seconds == 30.0
 
 
-def test_the_embedded_broker_file_is_in_wal_mode_so_publishers_do_not_block_pollers(tmp_path: Path) -> None:
-    from workers.celery_app import WorkerConfig, create_app, publish_classification
-
-    broker = tmp_path / "broker.db"
-    app = create_app(
+def embedded_app(tmp_path: Path) -> Any:
+    """An app on the embedded broker file ``tmp_path / "broker.db"`` (database and artifacts in tmp_path)."""
+    return create_app(
         WorkerConfig(
-            broker_url=f"sqla+sqlite:///{broker}",
+            broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
             database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
             artifacts_dir=tmp_path,
             classes=DEFAULT_CLASSES,
         )
     )
+
+
+def test_the_embedded_broker_file_is_in_wal_mode_so_publishers_do_not_block_pollers(tmp_path: Path) -> None:
+    broker = tmp_path / "broker.db"
+    app = embedded_app(tmp_path)
     publish_classification(app, [1, 2, 3])
     with sqlite3.connect(broker) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -784,14 +787,7 @@ def test_publish_in_batches_sends_one_message_per_batch(tmp_path: Path) -> None:
     from workers.celery_app import publish_in_batches
 
     broker = tmp_path / "broker.db"
-    app = create_app(
-        WorkerConfig(
-            broker_url=f"sqla+sqlite:///{broker}",
-            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-            artifacts_dir=tmp_path,
-            classes=DEFAULT_CLASSES,
-        )
-    )
+    app = embedded_app(tmp_path)
     publish_in_batches(app, [1, 2, 3, 4, 5], batch_size=2, retry=False)
     publish_in_batches(app, [], batch_size=2)
     with sqlite3.connect(broker) as connection:
