@@ -92,6 +92,8 @@ LENIENT = PromotionPolicy(min_macro_f1_gain=-1.0, require_significance=False, n_
 STRICT = PromotionPolicy(min_macro_f1_gain=1.0, n_boot=200)
 SHA = "a" * 64
 
+pytestmark = pytest.mark.usefixtures("hub_offline")
+
 
 def _request(task: ModelTask) -> TrainingRequest:
     return TrainingRequest(
@@ -102,11 +104,6 @@ def _request(task: ModelTask) -> TrainingRequest:
         hyperparameters=TINY,
         threads=1,
     )
-
-
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -56,9 +56,7 @@ LABELS = LabelSpace(GOOD, DEFECTS)
 _HYPER = tuple(f.name for f in fields(Hyperparameters))
 
 
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 @pytest.fixture(scope="module")
