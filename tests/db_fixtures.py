@@ -85,6 +85,14 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """An engine on ``sqlite_url``, not migrated (the test upgrades it when it needs to); disposed after."""
+    engine = create_engine_for(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def fresh_postgres_url() -> Iterator[str]:
     """An empty, unmigrated PostgreSQL database for this test only."""
     with temporary_postgres_database() as url:

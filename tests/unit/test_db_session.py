@@ -7,7 +7,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import DatabaseUnavailableError
@@ -46,20 +46,16 @@ def test_sqlite_engine_creates_the_folder_and_configures_each_connection(sqlite_
         engine.dispose()
 
 
-def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
+def test_sqlite_enforces_foreign_keys(sqlite_url: str, sqlite_engine: Engine) -> None:
     upgrade(sqlite_url)
-    engine = create_engine_for(sqlite_url)
-    try:
-        with pytest.raises(IntegrityError, match="FOREIGN KEY"), engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO images (sha256, path, source_id, status, status_changed_at, created_at, "
-                    "updated_at) VALUES (:sha, '/x.png', 999, 'new', :at, :at, :at)"
-                ),
-                {"sha": "a" * 64, "at": "2025-01-01 00:00:00"},
-            )
-    finally:
-        engine.dispose()
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), sqlite_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO images (sha256, path, source_id, status, status_changed_at, created_at, "
+                "updated_at) VALUES (:sha, '/x.png', 999, 'new', :at, :at, :at)"
+            ),
+            {"sha": "a" * 64, "at": "2025-01-01 00:00:00"},
+        )
 
 
 def test_sqlite_savepoint_rolls_back_inside_a_transaction(sqlite_url: str) -> None:
