@@ -10,11 +10,13 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from PIL import Image as PILImage
 from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -110,6 +112,25 @@ def new_image(session: Session, name: str = "a.png", *, source: Source | None = 
         mode="L",
         size_bytes=1234,
         original_name=name,
+    )
+    return image
+
+
+def add_image_file(session: Session, path: Path, source_id: int) -> Image:
+    """The row of the image file at ``path`` (status new) as the watcher records it: its sha256, its size
+    and what Pillow reads of it."""
+    data = path.read_bytes()
+    with PILImage.open(path) as shown:
+        width, height, mode = shown.width, shown.height, shown.mode
+    image, _ = repo.add_image(
+        session=session,
+        sha256=hashlib.sha256(data).hexdigest(),
+        path=str(path),
+        source_id=source_id,
+        width=width,
+        height=height,
+        mode=mode,
+        size_bytes=len(data),
     )
     return image
 

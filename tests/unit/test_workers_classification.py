@@ -28,6 +28,7 @@ from defectloop.app import ingest_config, worker_config
 from defectloop.settings import DEFAULT_CLASSES, load_settings
 from models.infer import PredictionOutput
 from models.labels import LabelSpace
+from tests.db_helpers import add_image_file
 from workers import classification, image_reading
 from workers.celery_app import (
     CLASSIFY_TASK,
@@ -105,17 +106,7 @@ def add_images(sessions: sessionmaker[Session], folder: Path, n: int, *, start: 
             path = folder / f"{index}.png"
             pixels = np.random.default_rng(index).integers(0, 256, size=(20, 20), dtype=np.uint8)
             PILImage.fromarray(pixels, mode="L").save(path)
-            image, _ = repo.add_image(
-                session=session,
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                path=str(path),
-                source_id=source.id,
-                width=20,
-                height=20,
-                mode="L",
-                size_bytes=path.stat().st_size,
-            )
-            ids.append(image.id)
+            ids.append(add_image_file(session, path, source.id).id)
         session.commit()
     return ids
 
