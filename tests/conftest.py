@@ -17,3 +17,10 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "images"
     generate_dataset(out, n=48, seed=7, size=64)
     return out
+
+
+@pytest.fixture
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No download from the Hugging Face hub: a test that asked for hub weights would fail fast. Modules
+    whose models could reach for them take it with ``pytestmark = pytest.mark.usefixtures("hub_offline")``."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

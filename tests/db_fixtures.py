@@ -5,6 +5,8 @@ Loaded by tests/conftest.py through ``pytest_plugins``.
 - ``db_url`` is parametrized over ``sqlite`` and ``postgresql`` (the latter marked ``integration``):
   a database migrated to head, one per test session. PostgreSQL gets its own database with a random
   name, created through ``DEFECTLOOP_TEST_POSTGRES_URL`` and dropped at the end; nothing else is touched.
+- ``sessions`` is a session factory on a SQLite file of the test's own, migrated to head, for code that
+  opens (and commits) its own sessions.
 - ``db_session`` wraps each test in a transaction that is rolled back at the end (commits inside the
   test release a savepoint), so tests never see each other's rows.
 - When PostgreSQL is unreachable, the tests that need it fail with a message naming the service and
@@ -18,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import upgrade
 from db.session import create_engine_for
-from tests.db_helpers import temporary_postgres_database
+from tests.db_helpers import migrated_sessions, temporary_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +72,24 @@ def db_session(db_engine: Engine) -> Iterator[Session]:
 
 
 @pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A session factory on a SQLite file of this test's own, migrated to head."""
+    with migrated_sessions(f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}") as factory:
+        yield factory
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """URL of a SQLite file that does not exist yet (in a folder that does not exist either)."""
     return f"sqlite:///{tmp_path / 'data' / 'defectloop.db'}"
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """An engine on ``sqlite_url``, not migrated (the test upgrades it when it needs to); disposed after."""
+    engine = create_engine_for(sqlite_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

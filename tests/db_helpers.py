@@ -10,20 +10,23 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from PIL import Image as PILImage
 from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from db import repositories as repo
 from db.errors import DatabaseUnavailableError
-from db.schema import Image, ModelTask, ModelVersion, Source, SourceKind
-from db.session import check_connection, create_engine_for
+from db.migrate import upgrade
+from db.schema import DemoArm, DemoRound, Image, ImageStatus, ModelTask, ModelVersion, Source, SourceKind
+from db.session import check_connection, create_engine_for, make_session_factory
 
 POSTGRES_URL_VARIABLE = "DEFECTLOOP_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -67,6 +70,17 @@ def temporary_postgres_database(admin_url: str | None = None) -> Iterator[str]:
         admin.dispose()
 
 
+@contextmanager
+def migrated_sessions(url: str) -> Iterator[sessionmaker[Session]]:
+    """A session factory on the database at `url`, migrated to head first; its engine is disposed after."""
+    upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
 def schema_differences(engine: Engine, metadata: MetaData) -> list[object]:
     """Alembic's autogenerate comparison of the live schema with `metadata` (empty when they agree)."""
     with engine.connect() as connection:
@@ -102,6 +116,25 @@ def new_image(session: Session, name: str = "a.png", *, source: Source | None = 
     return image
 
 
+def add_image_file(session: Session, path: Path, source_id: int) -> Image:
+    """The row of the image file at ``path`` (status new) as the watcher records it: its sha256, its size
+    and what Pillow reads of it."""
+    data = path.read_bytes()
+    with PILImage.open(path) as shown:
+        width, height, mode = shown.width, shown.height, shown.mode
+    image, _ = repo.add_image(
+        session=session,
+        sha256=hashlib.sha256(data).hexdigest(),
+        path=str(path),
+        source_id=source_id,
+        width=width,
+        height=height,
+        mode=mode,
+        size_bytes=len(data),
+    )
+    return image
+
+
 def new_model_version(session: Session, task: ModelTask = ModelTask.BINARY, **overrides: Any) -> ModelVersion:
     name = overrides.pop("name", None) or repo.next_model_version_name(
         session=session, task=task, architecture="resnet18"
@@ -118,3 +151,34 @@ def new_model_version(session: Session, task: ModelTask = ModelTask.BINARY, **ov
     }
     values.update(overrides)
     return repo.register_model_version(session=session, name=name, task=task, **values)
+
+
+def mark_predicted(
+    session: Session,
+    image_id: int,
+    binary_version_id: int,
+    probabilities: dict[str, float],
+    *,
+    label: str,
+    confidence: float,
+    uncertainty: dict[str, float] | None = None,
+) -> None:
+    """Record a binary-only prediction of the image and move it to ``predicted``."""
+    repo.add_prediction(
+        session=session,
+        image_id=image_id,
+        binary_version_id=binary_version_id,
+        multiclass_version_id=None,
+        probabilities=probabilities,
+        predicted_label=label,
+        confidence=confidence,
+        uncertainty=uncertainty or {},
+    )
+    repo.set_image_status(session=session, image_id=image_id, status=ImageStatus.PREDICTED)
+
+
+def record_round(session: Session, run_id: int, round_number: int, arm: DemoArm, **fields: Any) -> DemoRound:
+    """``repo.record_demo_round`` of one arm's round; ``fields``: labels_used, defects_found, metrics..."""
+    fields.setdefault("metrics", {})
+    fields.update(session=session, run_id=run_id, round_number=round_number, arm=arm)
+    return repo.record_demo_round(**fields)

@@ -6,12 +6,14 @@ quarantined for, so a test can check each one by kind.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,66 @@ def walk_files(root: Path) -> Iterator[Path]:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             yield Path(dirpath) / name
+
+
+# --- what a test drops into camera folders ---------------------------------------------------------
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def storable(path: Path) -> str:
+    """How the watcher stores a path (a name that is not UTF-8 shown with \\x escapes)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Names a camera may write: an accent decomposed (NFD) and composed (NFC), emoji, a line break.
+ODD_NAMES = ("de\u0301faut nfd.png", "d\u00e9faut nfc.png", "🧵 seam 🪡.jpg", "line\nbreak.png")
+
+
+@dataclass
+class Drop:
+    """What a test dropped into the camera folders and what must come of it."""
+
+    good: list[tuple[Path, bytes]] = field(default_factory=list)
+    bad: dict[str, Reason] = field(default_factory=dict)  # stored path -> reason
+    ignored: list[Path] = field(default_factory=list)
+
+    def put(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.good.append((path, data))
+
+    def put_bad(self, path: Path, data: bytes, reason: Reason) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.bad[storable(path)] = reason
+
+    def put_named(self, cam1: Path, cam2: Path, photos: list[bytes], odd_names: tuple[str, ...]) -> None:
+        """``photos``, two thirds into cam1 and one into cam2, the first under ``odd_names``, then pre_NNN."""
+        for i, data in enumerate(photos):
+            name = odd_names[i] if i < len(odd_names) else f"pre_{i:03d}.{'jpg' if i % 2 else 'png'}"
+            self.put((cam1 if i % 3 else cam2) / name, data)
+
+    def put_unusual(self, cam1: Path, cam2: Path, outside: Path, *, seed: int) -> None:
+        """A link out of the cameras' folders, a dangling link, a named pipe and a name that is not UTF-8
+        (photos ``seed`` and ``seed + 1``), each with the reason it is quarantined for."""
+        (outside / "elsewhere.png").write_bytes(synthetic_photo(seed))
+        (cam1 / "linked_out.png").symlink_to(outside / "elsewhere.png")
+        self.bad[str(cam1 / "linked_out.png")] = Reason.SYMLINK_OUTSIDE
+        (cam2 / "dangling.jpg").symlink_to(cam2 / "never_written.jpg")
+        self.bad[str(cam2 / "dangling.jpg")] = Reason.BROKEN_SYMLINK
+        os.mkfifo(cam1 / "pipe.jpg")
+        self.bad[str(cam1 / "pipe.jpg")] = Reason.NOT_A_FILE
+        raw_name = os.fsencode(cam2) + b"/bad\xffname.png"
+        with open(raw_name, "wb") as handle:  # noqa: PTH123  (a bytes path: the name is not UTF-8)
+            handle.write(synthetic_photo(seed + 1))
+        self.bad[storable(Path(os.fsdecode(raw_name)))] = Reason.BAD_NAME
+
+    def distinct(self) -> dict[str, set[str]]:
+        """sha256 -> the paths carrying those bytes."""
+        found: dict[str, set[str]] = {}
+        for path, data in self.good:
+            found.setdefault(sha(data), set()).add(str(path))
+        return found

@@ -10,7 +10,6 @@ with nothing persisted, which a test may stop and start again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -40,6 +39,7 @@ from defectloop.settings import DEFAULT_CLASSES
 from models.data import InputSpec
 from models.registry import create_model
 from models.train import save_checkpoint
+from tests.db_helpers import add_image_file
 from workers.celery_app import SWEEP_TASK, WorkerConfig, create_app, publish_classification
 from workers.queues import Queue
 
@@ -139,18 +139,7 @@ class Loop:
                 pixels = rng.integers(0, 256, size=(96, 96), dtype=np.uint8)
                 path = folder / f"img{self.n_images:05d}.png"
                 PILImage.fromarray(pixels, mode="L").save(path)
-                data = path.read_bytes()
-                image, _ = repo.add_image(
-                    session=session,
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    path=str(path),
-                    source_id=source.id,
-                    width=96,
-                    height=96,
-                    mode="L",
-                    size_bytes=len(data),
-                )
-                ids.append(image.id)
+                ids.append(add_image_file(session, path, source.id).id)
             session.commit()
         return ids
 

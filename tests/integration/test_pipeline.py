@@ -10,7 +10,6 @@ Every check polls the database up to a deadline; nothing asserts a timing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,7 +18,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,16 @@ from sqlalchemy import func, select
 
 from db import repositories as repo
 from db.schema import Image, ImageStatus, ModelTask, Prediction
-from tests.image_files import bad_files, converted_images, jpeg_declaring, synthetic_photo, write_slowly
+from tests.image_files import (
+    ODD_NAMES,
+    Drop,
+    bad_files,
+    converted_images,
+    jpeg_declaring,
+    sha,
+    synthetic_photo,
+    write_slowly,
+)
 from tests.worker_harness import DEADLINE_S, DEFECTLOOP, Loop, RedisServer, loop_on, require_redis
 from workers.validation import Reason, reason_of
 
@@ -63,36 +70,6 @@ def without_dac_override() -> list[str]:
     return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
 
 
-def storable(path: Path) -> str:
-    """How the watcher stores a path (a name that is not UTF-8 shown with \\x escapes)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class Drop:
-    """What the test dropped into the camera folders and what must come of it."""
-
-    good: list[tuple[Path, bytes]] = field(default_factory=list)
-    bad: dict[str, Reason] = field(default_factory=dict)  # stored path -> reason
-
-    def put(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.good.append((path, data))
-
-    def put_bad(self, path: Path, data: bytes, reason: Reason) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.bad[storable(path)] = reason
-
-    def distinct(self) -> set[str]:
-        return {sha(data) for _, data in self.good}
-
-
 def quarantine_table(loop: Loop) -> dict[str, int]:
     """``defectloop status``'s table of quarantined files by reason, read from its output."""
     result = subprocess.run(
@@ -122,16 +99,7 @@ def test_drop_of_200_images_and_30_bad_files_through_up(broker_url: str, tmp_pat
         key = repo.make_model_key(binary, multiclass)
 
         # Before the start (the initial scan finds them): odd Unicode names, a few bad files.
-        odd = [
-            "de\u0301faut nfd.png",
-            "d\u00e9faut nfc.png",
-            "🧵 seam 🪡.jpg",
-            "line\nbreak.png",
-            "عيب 縫い目.jpg",
-        ]
-        for i in range(30):
-            name = odd[i] if i < len(odd) else f"pre_{i:03d}.{'jpg' if i % 2 else 'png'}"
-            drop.put((cam1 if i % 3 else cam2) / name, photos[i])
+        drop.put_named(cam1, cam2, photos[:30], (*ODD_NAMES, "عيب 縫い目.jpg"))
         for name in bad_names[:6]:
             drop.put_bad(cam1 / name, *bad[name])
 
@@ -177,17 +145,7 @@ def test_drop_of_200_images_and_30_bad_files_through_up(broker_url: str, tmp_pat
         drop.put_bad(cam1 / "thin.jpg", jpeg_declaring(20_000, 16), Reason.ABSURD_DIMENSIONS)
         drop.put_bad(cam2 / "locked.jpg", synthetic_photo(901), Reason.UNREADABLE)
         (cam2 / "locked.jpg").chmod(0)
-        (outside / "elsewhere.png").write_bytes(synthetic_photo(902))
-        (cam1 / "linked_out.png").symlink_to(outside / "elsewhere.png")
-        drop.bad[str(cam1 / "linked_out.png")] = Reason.SYMLINK_OUTSIDE
-        (cam2 / "dangling.jpg").symlink_to(cam2 / "never_written.jpg")
-        drop.bad[str(cam2 / "dangling.jpg")] = Reason.BROKEN_SYMLINK
-        os.mkfifo(cam1 / "pipe.jpg")
-        drop.bad[str(cam1 / "pipe.jpg")] = Reason.NOT_A_FILE
-        raw_name = os.fsencode(cam2) + b"/bad\xffname.png"
-        with open(raw_name, "wb") as handle:  # noqa: PTH123  (a bytes path: the name is not UTF-8)
-            handle.write(synthetic_photo(903))
-        drop.bad[storable(Path(os.fsdecode(raw_name)))] = Reason.BAD_NAME
+        drop.put_unusual(cam1, cam2, outside, seed=902)
         for thread in writers:
             thread.join(timeout=DEADLINE_S)
 
@@ -206,7 +164,7 @@ def test_drop_of_200_images_and_30_bad_files_through_up(broker_url: str, tmp_pat
             image.path: str(image.reason) for image in images if image.status is ImageStatus.QUARANTINED
         }
         # Every good image exactly once (duplicates collapsed into one row), with the champions' key.
-        assert {image.sha256 for image in good} == drop.distinct()
+        assert {image.sha256 for image in good} == set(drop.distinct())
         assert per_image == {image.id: 1 for image in good}
         assert keys == {key}
         converted_rows = {

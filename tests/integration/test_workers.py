@@ -24,6 +24,7 @@ from db.schema import Image, ImageStatus, ModelTask, Prediction, SourceKind
 from models.data import load_image
 from models.infer import Predictor
 from models.train import load_checkpoint
+from tests.db_helpers import add_image_file
 from tests.worker_harness import DEADLINE_S, SPEC, Loop, loop_on, require_redis
 from workers.claims import Claimant
 
@@ -242,20 +243,8 @@ def test_a_huge_photo_is_classified_from_a_reduced_decode(tmp_path: Path) -> Non
 
 def record(loop: Loop, path: Path) -> list[int]:
     """The row of ``path``, as the watcher records it (status new)."""
-    data = path.read_bytes()
     with loop.sessions() as session:
         source = repo.get_or_create_source(session=session, name="cam", kind=SourceKind.CAMERA)
-        with PILImage.open(path) as image:
-            width, height, mode = image.width, image.height, image.mode
-        image_row, _ = repo.add_image(
-            session=session,
-            sha256=hashlib.sha256(data).hexdigest(),
-            path=str(path),
-            source_id=source.id,
-            width=width,
-            height=height,
-            mode=mode,
-            size_bytes=len(data),
-        )
+        image_row = add_image_file(session, path, source.id)
         session.commit()
         return [image_row.id]

@@ -28,10 +28,8 @@ ARCH_NAMES = sorted(ARCHITECTURES)
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Belt and braces: nothing here asks for hub weights, and if something did it must fail fast.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+# Belt and braces: nothing here asks for hub weights, and if something did it must fail fast.
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 def _images(in_chans: int, n: int = 2, seed: int = 0) -> torch.Tensor:

@@ -3,31 +3,17 @@ and real processes (a child that exited is a dead claimant, this process a live 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
-from db.schema import ImageStatus, SourceKind
-from db.session import create_engine_for, make_session_factory
+from db.schema import ImageStatus
+from tests.db_helpers import new_image, new_source
 from workers.claims import Claimant, republish_orphaned_claims
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def dead_process() -> Claimant:
@@ -41,18 +27,9 @@ def queued_images(sessions: sessionmaker[Session], claims: list[str | None]) -> 
     """One queued image per entry, claimed by it (None: unclaimed)."""
     ids = []
     with sessions() as session:
-        source = repo.get_or_create_source(session=session, name="cam", kind=SourceKind.CAMERA)
+        source = new_source(session, "cam")
         for index, claim in enumerate(claims):
-            image, _ = repo.add_image(
-                session=session,
-                sha256=hashlib.sha256(f"image {index}".encode()).hexdigest(),
-                path=f"/cam/{index}.png",
-                source_id=source.id,
-                width=20,
-                height=20,
-                mode="L",
-                size_bytes=10,
-            )
+            image = new_image(session, f"{index}.png", source=source)
             repo.set_image_status(
                 session=session, image_id=image.id, status=ImageStatus.QUEUED, claimed_by=claim
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -33,17 +34,26 @@ from models.comparison import (
 )
 
 FAST = settings(max_examples=40, deadline=None)
+# Labels, two predictions of them, the number of classes.
+LabelledPredictions = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]
 CLASSES = ("ok", "hole", "seam_puckering")
 
 
 @st.composite
 def labelled_predictions(
     draw: st.DrawFn,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
+) -> LabelledPredictions:
     c = draw(st.integers(2, 5))
     n = draw(st.integers(1, 60))
     labels = arrays(np.int64, n, elements=st.integers(0, c - 1))
     return draw(labels), draw(labels), draw(labels), c
+
+
+def bootstrap_property(test: Callable[..., None]) -> Callable[..., None]:
+    """A property of labelled predictions (``data``) and a ``seed``: 20 examples, as each resamples."""
+    return settings(max_examples=20, deadline=None)(
+        given(data=labelled_predictions(), seed=st.integers(0, 1000))(test)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -83,7 +93,7 @@ def test_macro_f1_averages_only_classes_that_occur() -> None:
 @FAST
 @given(data=labelled_predictions())
 def test_metrics_match_scikit_learn(
-    data: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int],
+    data: LabelledPredictions,
 ) -> None:
     metrics = pytest.importorskip("sklearn.metrics")
     y_true, y_pred, _, c = data
@@ -236,21 +246,15 @@ def test_mcnemar_p_in_unit_interval_and_symmetric(a: NDArray[np.bool_], data: st
     assert forward.p_value == backward.p_value
 
 
-@settings(max_examples=20, deadline=None)
-@given(data=labelled_predictions(), seed=st.integers(0, 1000))
-def test_bootstrap_of_identical_predictors_is_zero(
-    data: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int], seed: int
-) -> None:
+@bootstrap_property
+def test_bootstrap_of_identical_predictors_is_zero(data: LabelledPredictions, seed: int) -> None:
     y, pred, _, c = data
     interval = bootstrap_macro_f1_difference(y, pred, pred, c, n_boot=200, seed=seed)
     assert interval == (0.0, 0.0, 0.0)
 
 
-@settings(max_examples=20, deadline=None)
-@given(data=labelled_predictions(), seed=st.integers(0, 1000))
-def test_bootstrap_is_deterministic_and_antisymmetric(
-    data: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int], seed: int
-) -> None:
+@bootstrap_property
+def test_bootstrap_is_deterministic_and_antisymmetric(data: LabelledPredictions, seed: int) -> None:
     y, a, b, c = data
     forward = bootstrap_macro_f1_difference(y, a, b, c, n_boot=200, seed=seed)
     assert forward == bootstrap_macro_f1_difference(y, a, b, c, n_boot=200, seed=seed)
@@ -340,22 +344,18 @@ def test_gain_without_significance_is_kept(y_eval: NDArray[np.int64]) -> None:
     challenger = champion.copy()
     wrong = np.flatnonzero(challenger != y_eval)[:2]
     challenger[wrong] = y_eval[wrong]
-    decision = decide_promotion(
-        y_true=y_eval,
-        challenger_pred=challenger,
-        champion_pred=champion,
-        class_names=CLASSES,
-        policy=PromotionPolicy(min_macro_f1_gain=0.0, require_significance=True),
+    decision, relaxed = (
+        decide_promotion(
+            y_true=y_eval,
+            challenger_pred=challenger,
+            champion_pred=champion,
+            class_names=CLASSES,
+            policy=PromotionPolicy(min_macro_f1_gain=0.0, require_significance=significance),
+        )
+        for significance in (True, False)
     )
     low = decision.numbers["bootstrap"]["low"]
     assert decision.promote == (low > 0.0)
-    relaxed = decide_promotion(
-        y_true=y_eval,
-        challenger_pred=challenger,
-        champion_pred=champion,
-        class_names=CLASSES,
-        policy=PromotionPolicy(min_macro_f1_gain=0.0, require_significance=False),
-    )
     assert relaxed.promote
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, delete, func, select
 from db import repositories as repo
 from db.schema import Image, ImageStatus, Source, SourceKind
 from db.session import make_session_factory, session_scope
-from tests.db_helpers import sha_of
+from tests.db_helpers import new_image, new_source, sha_of
 
 THREADS = 6
 T = TypeVar("T")
@@ -77,17 +77,7 @@ def test_concurrent_ingest_of_the_same_bytes_makes_one_row(db_engine: Engine, so
 def test_concurrent_compare_and_set_moves_an_image_exactly_once(db_engine: Engine, source_name: str) -> None:
     factory = make_session_factory(db_engine)
     with session_scope(factory) as session:
-        source = repo.get_or_create_source(session=session, name=source_name, kind=SourceKind.CAMERA)
-        image, _ = repo.add_image(
-            session=session,
-            sha256=sha_of(source_name),
-            path="/x.png",
-            source_id=source.id,
-            width=8,
-            height=8,
-            mode="L",
-            size_bytes=64,
-        )
+        image = new_image(session, f"{source_name}.png", source=new_source(session, source_name))
 
     def claim() -> bool:
         with session_scope(factory) as session:

@@ -6,6 +6,7 @@ Every test runs inside a transaction rolled back at its end (see tests/db_fixtur
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -31,11 +32,20 @@ from db.schema import (
     TrainingRunStatus,
     TrainingTrigger,
 )
-from tests.db_helpers import new_image, new_model_version, new_source, sha_of
+from tests.db_helpers import mark_predicted, new_image, new_model_version, new_source, record_round, sha_of
 
 
 def _count(session: Session, model: type[object]) -> int:
     return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def _annotate(session: Session, image_id: int, label: str | None, ls_id: int, **extra: Any) -> RecordOutcome:
+    """Record Label Studio annotation ``ls_id`` of the image (by annotator "a" unless ``extra`` names one)."""
+    extra.setdefault("annotator", "a")
+    _, outcome = repo.record_annotation(
+        session=session, image_id=image_id, label=label, ls_annotation_id=ls_id, **extra
+    )
+    return outcome
 
 
 # --- sources and images ----------------------------------------------------------------------------
@@ -66,28 +76,11 @@ def test_add_image_is_idempotent_on_sha256(db_session: Session) -> None:
 
 
 def test_add_image_refuses_a_malformed_hash_and_an_unknown_source(db_session: Session) -> None:
+    common = {"session": db_session, "path": "/x", "width": 1, "height": 1, "mode": "L", "size_bytes": 1}
     with pytest.raises(ValueError, match="64 lowercase hex"):
-        repo.add_image(
-            session=db_session,
-            sha256="ABC",
-            path="/x",
-            source_id=1,
-            width=1,
-            height=1,
-            mode="L",
-            size_bytes=1,
-        )
+        repo.add_image(sha256="ABC", source_id=1, **common)
     with pytest.raises(IntegrityViolation, match="does source 424242 exist"):
-        repo.add_image(
-            session=db_session,
-            sha256=sha_of("orphan"),
-            path="/x",
-            source_id=424242,
-            width=1,
-            height=1,
-            mode="L",
-            size_bytes=1,
-        )
+        repo.add_image(sha256=sha_of("orphan"), source_id=424242, **common)
 
 
 def test_quarantine_file_without_a_hash_is_one_row_per_path_size_and_mtime(db_session: Session) -> None:
@@ -490,15 +483,7 @@ def test_labelled_images_are_those_with_a_current_label_oldest_first(db_session:
     relabelled, deleted, cancelled, unlabelled = (new_image(db_session, f"{n}.png") for n in "abcd")
 
     def label(image_id: int, value: str | None, ls_id: int, hours: int, **extra: object) -> None:
-        repo.record_annotation(
-            session=db_session,
-            image_id=image_id,
-            label=value,
-            annotator="a",
-            ls_annotation_id=ls_id,
-            annotated_at=at + timedelta(hours=hours),
-            **extra,  # type: ignore[arg-type]
-        )
+        _annotate(db_session, image_id, value, ls_id, annotated_at=at + timedelta(hours=hours), **extra)
 
     label(relabelled.id, "hole", 1, 0)
     label(relabelled.id, "ok", 2, 1)  # a second annotator's later answer wins
@@ -528,30 +513,10 @@ def test_current_label_skips_deleted_and_cancelled_annotations(db_session: Sessi
     image = new_image(db_session)
     at = datetime(2030, 1, 1, tzinfo=UTC)
     assert repo.current_label(session=db_session, image_id=image.id) is None
-    repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label="hole",
-        annotator="a",
-        ls_annotation_id=1,
-        annotated_at=at,
-    )
-    repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label="ok",
-        annotator="b",
-        ls_annotation_id=2,
-        annotated_at=at + timedelta(hours=1),
-    )
-    repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label=None,
-        annotator="c",
-        ls_annotation_id=3,
-        was_cancelled=True,
-        annotated_at=at + timedelta(hours=2),
+    _annotate(db_session, image.id, "hole", 1, annotated_at=at)
+    _annotate(db_session, image.id, "ok", 2, annotator="b", annotated_at=at + timedelta(hours=1))
+    _annotate(
+        db_session, image.id, None, 3, annotator="c", was_cancelled=True, annotated_at=at + timedelta(hours=2)
     )
     assert repo.current_label(session=db_session, image_id=image.id) == "ok"
     assert repo.mark_annotation_deleted(session=db_session, ls_annotation_id=2)
@@ -559,14 +524,7 @@ def test_current_label_skips_deleted_and_cancelled_annotations(db_session: Sessi
     assert not repo.mark_annotation_deleted(session=db_session, ls_annotation_id=404)
     assert repo.current_label(session=db_session, image_id=image.id) == "hole"
     # A late re-delivery of the deleted annotation does not bring it back.
-    _, outcome = repo.record_annotation(
-        session=db_session,
-        image_id=image.id,
-        label="ok",
-        annotator="b",
-        ls_annotation_id=2,
-        annotated_at=at + timedelta(hours=5),
-    )
+    outcome = _annotate(db_session, image.id, "ok", 2, annotator="b", annotated_at=at + timedelta(hours=5))
     assert outcome is RecordOutcome.UNCHANGED
     assert repo.current_label(session=db_session, image_id=image.id) == "hole"
 
@@ -739,21 +697,16 @@ def test_evaluations_are_appended_per_run_and_listed_oldest_first(db_session: Se
     version = new_model_version(db_session)
     found = repo.get_model_version_by_name(session=db_session, name=version.name)
     assert found.id == version.id
-    first = repo.record_evaluation(
-        session=db_session,
-        model_version_id=version.id,
-        dataset="/data/aitex",
-        dataset_sha256=sha_of("aitex-v1"),
-        n_images=120,
-        metrics={"macro_f1": 0.61},
-    )
-    second = repo.record_evaluation(
-        session=db_session,
-        model_version_id=version.id,
-        dataset="/data/aitex",
-        dataset_sha256=sha_of("aitex-v1"),
-        n_images=120,
-        metrics={"macro_f1": 0.61},
+    first, second = (
+        repo.record_evaluation(
+            session=db_session,
+            model_version_id=version.id,
+            dataset="/data/aitex",
+            dataset_sha256=sha_of("aitex-v1"),
+            n_images=120,
+            metrics={"macro_f1": 0.61},
+        )
+        for _ in range(2)  # the same evaluation run twice: two rows
     )
     listed = repo.list_evaluations(session=db_session, model_version_id=version.id)
     assert [e.id for e in listed] == [first.id, second.id]
@@ -783,17 +736,15 @@ def test_evaluation_needs_a_real_version_and_a_fingerprint(db_session: Session) 
 
 def _predicted(session: Session, name: str, binary_id: int) -> Image:
     image = new_image(session, name)
-    repo.add_prediction(
-        session=session,
-        image_id=image.id,
-        binary_version_id=binary_id,
-        multiclass_version_id=None,
-        probabilities={"ok": 0.4, "hole": 0.6},
-        predicted_label="hole",
+    mark_predicted(
+        session,
+        image.id,
+        binary_id,
+        {"ok": 0.4, "hole": 0.6},
+        label="hole",
         confidence=0.6,
         uncertainty={"entropy": 0.67},
     )
-    repo.set_image_status(session=session, image_id=image.id, status=ImageStatus.PREDICTED)
     return image
 
 
@@ -812,14 +763,7 @@ def test_labelling_candidates_skip_planned_labelled_and_other_model_images(db_se
     repo.record_annotation(
         session=db_session, image_id=labelled.id, label="ok", annotator="a", origin=AnnotationOrigin.IMPORT
     )
-    repo.record_annotation(
-        session=db_session,
-        image_id=cancelled.id,
-        label=None,
-        annotator="a",
-        ls_annotation_id=9,
-        was_cancelled=True,
-    )
+    _annotate(db_session, cancelled.id, None, 9, was_cancelled=True)
 
     found = repo.list_labelling_candidates(session=db_session, model_key=key, ls_project_id=5)
     assert [p.image_id for p in found] == [cancelled.id, free.id]  # newest first; a skip is no label
@@ -925,11 +869,11 @@ def test_demo_run_rounds_are_recorded_once_per_arm_and_listed_in_order(db_sessio
         (0, DemoArm.ACTIVE, 0, 0),
         (1, DemoArm.ACTIVE, 10, 6),
     ]:
-        repo.record_demo_round(
-            session=db_session,
-            run_id=run.id,
-            round_number=round_number,
-            arm=arm,
+        record_round(
+            db_session,
+            run.id,
+            round_number,
+            arm,
             labels_used=labels,
             defects_found=defects,
             metrics={"macro_f1": 0.5},
@@ -943,25 +887,9 @@ def test_demo_run_rounds_are_recorded_once_per_arm_and_listed_in_order(db_sessio
         r.round for r in repo.list_demo_rounds(session=db_session, run_id=run.id, arm=DemoArm.RANDOM)
     ] == [1]
     with pytest.raises(IntegrityViolation, match="defects_found <= labels_used"):
-        repo.record_demo_round(
-            session=db_session,
-            run_id=run.id,
-            round_number=2,
-            arm=DemoArm.ACTIVE,
-            labels_used=3,
-            defects_found=4,
-            metrics={},
-        )
+        record_round(db_session, run.id, 2, DemoArm.ACTIVE, labels_used=3, defects_found=4)
     with pytest.raises(IntegrityViolation, match="recorded already"):
-        repo.record_demo_round(
-            session=db_session,
-            run_id=run.id,
-            round_number=1,
-            arm=DemoArm.ACTIVE,
-            labels_used=10,
-            defects_found=6,
-            metrics={},
-        )
+        record_round(db_session, run.id, 1, DemoArm.ACTIVE, labels_used=10, defects_found=6)
 
 
 def test_demo_run_status_moves_and_latest_is_the_last_started(db_session: Session) -> None:

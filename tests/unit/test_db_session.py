@@ -7,7 +7,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import DatabaseUnavailableError
@@ -16,11 +16,11 @@ from db.schema import Source, SourceKind
 from db.session import (
     check_connection,
     create_engine_for,
-    make_session_factory,
     normalize_url,
     render_url,
     session_scope,
 )
+from tests.db_helpers import migrated_sessions
 
 SECRET = "s3cret-pw-7781"
 
@@ -46,28 +46,21 @@ def test_sqlite_engine_creates_the_folder_and_configures_each_connection(sqlite_
         engine.dispose()
 
 
-def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
+def test_sqlite_enforces_foreign_keys(sqlite_url: str, sqlite_engine: Engine) -> None:
     upgrade(sqlite_url)
-    engine = create_engine_for(sqlite_url)
-    try:
-        with pytest.raises(IntegrityError, match="FOREIGN KEY"), engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO images (sha256, path, source_id, status, status_changed_at, created_at, "
-                    "updated_at) VALUES (:sha, '/x.png', 999, 'new', :at, :at, :at)"
-                ),
-                {"sha": "a" * 64, "at": "2025-01-01 00:00:00"},
-            )
-    finally:
-        engine.dispose()
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), sqlite_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO images (sha256, path, source_id, status, status_changed_at, created_at, "
+                "updated_at) VALUES (:sha, '/x.png', 999, 'new', :at, :at, :at)"
+            ),
+            {"sha": "a" * 64, "at": "2025-01-01 00:00:00"},
+        )
 
 
 def test_sqlite_savepoint_rolls_back_inside_a_transaction(sqlite_url: str) -> None:
     # The sqlite3 module's legacy mode gets SAVEPOINT wrong; create_engine_for must not.
-    upgrade(sqlite_url)
-    engine = create_engine_for(sqlite_url)
-    factory = make_session_factory(engine)
-    try:
+    with migrated_sessions(sqlite_url) as factory:
         with session_scope(factory) as session:
             session.add(Source(name="kept", kind=SourceKind.CAMERA))
             with session.begin_nested() as savepoint:
@@ -76,15 +69,10 @@ def test_sqlite_savepoint_rolls_back_inside_a_transaction(sqlite_url: str) -> No
                 savepoint.rollback()
         with session_scope(factory) as session:
             assert set(session.scalars(select(Source.name))) == {"kept"}
-    finally:
-        engine.dispose()
 
 
 def test_session_scope_commits_on_success_and_rolls_back_on_error(sqlite_url: str) -> None:
-    upgrade(sqlite_url)
-    engine = create_engine_for(sqlite_url)
-    factory = make_session_factory(engine)
-    try:
+    with migrated_sessions(sqlite_url) as factory:
         with session_scope(factory) as session:
             session.add(Source(name="committed", kind=SourceKind.IMPORT))
 
@@ -101,8 +89,6 @@ def test_session_scope_commits_on_success_and_rolls_back_on_error(sqlite_url: st
             source = session.scalars(select(Source)).one()
         assert names == {"committed"}
         assert source.name == "committed"  # expire_on_commit=False: readable after the session closed
-    finally:
-        engine.dispose()
 
 
 def test_normalize_url_gives_plain_postgresql_urls_the_psycopg_driver() -> None:

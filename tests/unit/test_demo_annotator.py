@@ -3,19 +3,17 @@ puts first, from ground truth, once per image, as simulated annotations."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Annotation, AnnotationOrigin, ImageStatus
-from db.session import create_engine_for, make_session_factory, session_scope
+from db.session import session_scope
 from defectloop.demo.annotators import SIMULATED_ANNOTATOR, Annotator, DirectAnnotator
 from defectloop.errors import DefectloopError
 from defectloop.settings import load_settings
-from tests.db_helpers import new_image, new_model_version, new_source
+from tests.db_helpers import mark_predicted, new_image, new_model_version, new_source
 
 CLASSES = ("ok", "hole", "seam_puckering", "uncut_thread", "raw_edge", "broken_stitch")
 # p(ok) per image: 0.5 is the most uncertain, 0.99 the least.
@@ -23,10 +21,7 @@ P_OK = [0.99, 0.5, 0.9, 0.6, 0.95, 0.7]
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> tuple[object, list[int]]:
-    url = f"sqlite:///{tmp_path / 'defectloop.db'}"
-    upgrade(url)
-    sessions = make_session_factory(create_engine_for(url))
+def registry(sessions: sessionmaker[Session]) -> tuple[object, list[int]]:
     with session_scope(sessions) as session:
         source = new_source(session)
         champion = new_model_version(session)
@@ -35,17 +30,7 @@ def registry(tmp_path: Path) -> tuple[object, list[int]]:
         for i, p_ok in enumerate(P_OK):
             image = new_image(session, f"photo-{i}.png", source=source)
             probabilities = {c: (p_ok if c == "ok" else (1 - p_ok) / 5) for c in CLASSES}
-            repo.add_prediction(
-                session=session,
-                image_id=image.id,
-                binary_version_id=champion.id,
-                multiclass_version_id=None,
-                probabilities=probabilities,
-                predicted_label="ok",
-                confidence=p_ok,
-                uncertainty={},
-            )
-            repo.set_image_status(session=session, image_id=image.id, status=ImageStatus.PREDICTED)
+            mark_predicted(session, image.id, champion.id, probabilities, label="ok", confidence=p_ok)
             ids.append(image.id)
     return sessions, ids
 

@@ -9,10 +9,9 @@ tests/integration/test_demo_label_studio.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,31 +19,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
-from db.schema import Annotation, AnnotationOrigin, ImageStatus, ModelTask
-from db.session import create_engine_for, make_session_factory
+from db.schema import Annotation, AnnotationOrigin, ModelTask
 from defectloop.demo.label_studio import AnnotatorTimeoutError, LabelStudioAnnotator
 from defectloop.errors import DefectloopError
 from defectloop.settings import Settings
 from labelling.gateway import ProjectInfo
 from labelling.names import SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent
-from tests.db_helpers import new_image, new_model_version
+from tests.db_helpers import mark_predicted, new_image, new_model_version
 from workers import labelling
 from workers.labelling import PushItem
 
 CLASSES = ("ok", "hole", "raw_edge")
 PROJECT = 7
 USER = 42
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @dataclass
@@ -128,17 +116,15 @@ def _pool(sessions: sessionmaker[Session], n: int) -> list[int]:
             image = new_image(session, f"img{i}.png")
             certain = 0.95 - i * 0.05
             probs = {"ok": certain, "hole": (1 - certain) / 2, "raw_edge": (1 - certain) / 2}
-            repo.add_prediction(
-                session=session,
-                image_id=image.id,
-                binary_version_id=binary.id,
-                multiclass_version_id=None,
-                probabilities=probs,
-                predicted_label="ok",
+            mark_predicted(
+                session,
+                image.id,
+                binary.id,
+                probs,
+                label="ok",
                 confidence=certain,
                 uncertainty={"entropy": 0.0},
             )
-            repo.set_image_status(session=session, image_id=image.id, status=ImageStatus.PREDICTED)
             ids.append(image.id)
         return ids
 
@@ -166,6 +152,17 @@ class Pusher:
         )
 
 
+def _pushed(
+    sessions: sessionmaker[Session], n: int, pushed: int, **fake_kw: Any
+) -> tuple[list[int], FakeLabelStudio, Pusher]:
+    """A pool of ``n`` predicted images of which the loop pushed ``pushed`` to a fake Label Studio."""
+    ids = _pool(sessions, n)
+    fake = FakeLabelStudio(sessions, **fake_kw)
+    pusher = Pusher(fake)
+    pusher(pushed)
+    return ids, fake, pusher
+
+
 def _annotator(
     sessions: sessionmaker[Session], fake: FakeLabelStudio, pusher: Pusher, **kw: Any
 ) -> LabelStudioAnnotator:
@@ -184,10 +181,7 @@ def _annotator(
 def test_it_labels_the_head_of_the_queue_as_the_simulated_user_and_returns_once_recorded(
     sessions: sessionmaker[Session],
 ) -> None:
-    ids = _pool(sessions, 8)
-    fake = FakeLabelStudio(sessions)
-    pusher = Pusher(fake)
-    pusher(5)
+    ids, fake, pusher = _pushed(sessions, 8, 5)
     annotator = _annotator(sessions, fake, pusher)
 
     assert annotator.label_batch(3) == [ids[7], ids[6], ids[5]]  # most informative first
@@ -204,10 +198,7 @@ def test_it_labels_the_head_of_the_queue_as_the_simulated_user_and_returns_once_
 def test_with_too_few_open_tasks_it_asks_the_loop_for_more_and_stops_when_the_pool_is_empty(
     sessions: sessionmaker[Session],
 ) -> None:
-    ids = _pool(sessions, 6)
-    fake = FakeLabelStudio(sessions)
-    pusher = Pusher(fake)
-    pusher(2)
+    ids, fake, pusher = _pushed(sessions, 6, 2)
     annotator = _annotator(sessions, fake, pusher)
 
     assert annotator.label_batch(4) == [ids[5], ids[4], ids[3], ids[2]]
@@ -220,10 +211,7 @@ def test_with_too_few_open_tasks_it_asks_the_loop_for_more_and_stops_when_the_po
 def test_open_tasks_ranked_by_an_earlier_champion_wait_for_the_loop_to_re_rank_them(
     sessions: sessionmaker[Session],
 ) -> None:
-    _pool(sessions, 4)
-    fake = FakeLabelStudio(sessions)
-    pusher = Pusher(fake)
-    pusher(4)
+    _, fake, pusher = _pushed(sessions, 4, 4)
     with sessions.begin() as session:
         newer = new_model_version(session, ModelTask.BINARY, name="binary-baseline_cnn-0002")
         repo.set_champion(session=session, version_id=newer.id, actor="test", reason="newer")
@@ -234,10 +222,7 @@ def test_open_tasks_ranked_by_an_earlier_champion_wait_for_the_loop_to_re_rank_t
 
 
 def test_what_the_loop_did_not_record_in_time_is_named(sessions: sessionmaker[Session]) -> None:
-    ids = _pool(sessions, 3)
-    fake = FakeLabelStudio(sessions, deliver=False)
-    pusher = Pusher(fake)
-    pusher(3)
+    ids, fake, pusher = _pushed(sessions, 3, 3, deliver=False)
     annotator = _annotator(sessions, fake, pusher, timeout_s=0.2)
     task_id = fake.open_task_ids_by_score(project_id=PROJECT)[0]
     with pytest.raises(AnnotatorTimeoutError, match=rf"task {task_id}, image {ids[2]}\).*webhook"):
@@ -245,10 +230,7 @@ def test_what_the_loop_did_not_record_in_time_is_named(sessions: sessionmaker[Se
 
 
 def test_a_ground_truth_outside_the_classes_is_refused(sessions: sessionmaker[Session]) -> None:
-    _pool(sessions, 2)
-    fake = FakeLabelStudio(sessions)
-    pusher = Pusher(fake)
-    pusher(2)
+    _, fake, pusher = _pushed(sessions, 2, 2)
     annotator = _annotator(sessions, fake, pusher)
     annotator._truth = lambda image_id: "stain"
     with pytest.raises(ValueError, match="'stain', not one of the classes ok, hole, raw_edge"):
@@ -259,10 +241,7 @@ def test_a_ground_truth_outside_the_classes_is_refused(sessions: sessionmaker[Se
 def test_a_project_holding_tasks_this_database_did_not_push_is_refused(
     sessions: sessionmaker[Session],
 ) -> None:
-    _pool(sessions, 2)
-    fake = FakeLabelStudio(sessions)
-    pusher = Pusher(fake)
-    pusher(2)
+    _, fake, pusher = _pushed(sessions, 2, 2)
     fake.tasks[5] = (1, 0.99)  # left by an earlier run on another database
     annotator = _annotator(sessions, fake, pusher)
     annotator._poll_s = 0.01

@@ -4,7 +4,6 @@ SQLite database. Idempotence, quarantine reasons, refusals, class maps, relabell
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import workers.importing as importing
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Annotation, AnnotationOrigin, Image, ImageStatus, Source, SourceKind
-from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.data import ImageRecord
@@ -39,15 +36,6 @@ def synth_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def folder(synth_folder: Path, tmp_path: Path) -> Path:
     """A private copy of the synthetic folder, free to change."""
     return Path(shutil.copytree(synth_folder, tmp_path / "images"))
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _import(sessions: sessionmaker[Session], root: Path, **overrides: Any) -> ImportReport:
@@ -172,25 +160,30 @@ def test_a_human_label_survives_a_reimport(sessions: sessionmaker[Session], fold
     assert _label_of(sessions, photo) == "hole"
 
 
+def _record_camera_copy(session: Session, folder: Path, photo: Path) -> int:
+    """Record the bytes of ``photo`` (a hole photo of ``folder``) as camera cam1's /mnt/cam1/x.png; its id."""
+    facts = importing._check_file(ImageRecord(path=photo, label="hole", group="g"), folder)
+    assert facts.sha256 is not None
+    camera = repo.get_or_create_source(session=session, name="cam1", kind=SourceKind.CAMERA)
+    image, _ = repo.add_image(
+        session=session,
+        sha256=facts.sha256,
+        path="/mnt/cam1/x.png",
+        source_id=camera.id,
+        width=32,
+        height=32,
+        mode="RGB",
+        size_bytes=facts.size_bytes,
+        original_name="x.png",
+    )
+    return image.id
+
+
 def test_an_image_seen_by_a_camera_is_labelled_by_the_import(
     sessions: sessionmaker[Session], folder: Path
 ) -> None:
-    photo = sorted((folder / "hole").glob("*.png"))[0]
-    facts = importing._check_file(ImageRecord(path=photo, label="hole", group="g"), folder)
-    assert facts.sha256 is not None
     with sessions() as session:
-        camera = repo.get_or_create_source(session=session, name="cam1", kind=SourceKind.CAMERA)
-        repo.add_image(
-            session=session,
-            sha256=facts.sha256,
-            path="/mnt/cam1/x.png",
-            source_id=camera.id,
-            width=32,
-            height=32,
-            mode="RGB",
-            size_bytes=facts.size_bytes,
-            original_name="x.png",
-        )
+        _record_camera_copy(session, folder, sorted((folder / "hole").glob("*.png"))[0])
         session.commit()
     report = _import(sessions, folder)
     assert (report.imported, report.labelled_existing) == (11, 1)
@@ -202,22 +195,8 @@ def test_bytes_of_a_superseded_camera_row_are_an_image_again_when_imported(
     sessions: sessionmaker[Session], folder: Path
 ) -> None:
     photo = sorted((folder / "hole").glob("*.png"))[0]
-    facts = importing._check_file(ImageRecord(path=photo, label="hole", group="g"), folder)
-    assert facts.sha256 is not None
     with sessions.begin() as session:
-        camera = repo.get_or_create_source(session=session, name="cam1", kind=SourceKind.CAMERA)
-        image, _ = repo.add_image(
-            session=session,
-            sha256=facts.sha256,
-            path="/mnt/cam1/x.png",
-            source_id=camera.id,
-            width=32,
-            height=32,
-            mode="RGB",
-            size_bytes=facts.size_bytes,
-            original_name="x.png",
-        )
-        image_id = image.id
+        image_id = _record_camera_copy(session, folder, photo)
         # The camera file was overwritten since: its row no longer is an image.
         repo.supersede_images_at(session=session, paths=["/mnt/cam1/x.png"], reason="file changed")
     _import(sessions, folder)

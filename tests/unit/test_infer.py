@@ -151,6 +151,23 @@ def test_embeddings_are_the_penultimate_features(
     np.testing.assert_allclose(predictor.predict(x).embeddings, expected, rtol=1e-4, atol=1e-4)
 
 
+def _assert_mc_passes_are_naive_passes(
+    model: nn.Module, predictor: Predictor, x: torch.Tensor, *, passes: int, seed: int
+) -> np.ndarray:
+    """The predictor's MC-dropout probabilities of ``x`` equal ``passes`` naive full passes of ``model``
+    with its dropout on, drawn from the same ``seed``; returns them."""
+    naive = copy.deepcopy(model)
+    assert enable_mc_dropout(naive) > 0
+    torch.manual_seed(seed)
+    got = predictor.predict(x).mc_probs
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        expected = np.stack([torch.softmax(naive(x).double(), dim=1).numpy() for _ in range(passes)])
+    assert got is not None
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    return got
+
+
 @pytest.mark.parametrize("arch", ["improved_cnn", "efficientnet_b0", "resnet18"])
 def test_mc_passes_are_the_same_samples_as_naive_full_passes(
     arch: str, auto_predictors: dict[str, tuple[nn.Module, Predictor]]
@@ -158,16 +175,7 @@ def test_mc_passes_are_the_same_samples_as_naive_full_passes(
     # The predictor runs only the layers from the first dropout on T times; dropout draws from torch's
     # RNG in the same order as a full pass, so with the same seed the passes are identical.
     model, predictor = auto_predictors[arch]
-    x = _images(3, n=6)
-    naive = copy.deepcopy(model)
-    assert enable_mc_dropout(naive) > 0
-    torch.manual_seed(123)
-    got = predictor.predict(x).mc_probs
-    torch.manual_seed(123)
-    with torch.no_grad():
-        expected = np.stack([torch.softmax(naive(x).double(), dim=1).numpy() for _ in range(4)])
-    assert got is not None
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    got = _assert_mc_passes_are_naive_passes(model, predictor, _images(3, n=6), passes=4, seed=123)
     # ... and the passes differ from one another (dropout samples).
     assert np.abs(got - got[0]).max() > 1e-6
 
@@ -389,13 +397,4 @@ def test_mc_passes_through_the_whole_model_when_dropout_sits_in_the_backbone() -
     assert isinstance(layer4, nn.Sequential)
     layer4.append(nn.Dropout2d(0.5))
     predictor = _predictor(model, "resnet18", channels=1, backend="eager", mc_passes=3)
-    x = _images(1, n=3)
-    naive = copy.deepcopy(model)
-    enable_mc_dropout(naive)
-    torch.manual_seed(5)
-    got = predictor.predict(x).mc_probs
-    torch.manual_seed(5)
-    with torch.no_grad():
-        expected = np.stack([torch.softmax(naive(x).double(), dim=1).numpy() for _ in range(3)])
-    assert got is not None
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    _assert_mc_passes_are_naive_passes(model, predictor, _images(1, n=3), passes=3, seed=5)

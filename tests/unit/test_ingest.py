@@ -7,14 +7,12 @@ with a generous deadline, so a loaded machine makes the tests slower, never red.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,11 +21,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Image, ImageStatus, Source, SourceKind
-from db.session import create_engine_for, make_session_factory
-from tests.db_helpers import temporary_postgres_database
-from tests.image_files import bad_files, converted_images, synthetic_photo, write_slowly
+from tests.db_helpers import migrated_sessions, temporary_postgres_database
+from tests.image_files import ODD_NAMES, Drop, bad_files, converted_images, sha, synthetic_photo, write_slowly
 from workers import ingest, validation
 from workers.ingest import IngestConfig, IngestService, camera_source_name
 from workers.validation import Reason, reason_of
@@ -44,27 +40,18 @@ GRACE_S = 1.5
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """A session factory on a freshly migrated database: SQLite, and PostgreSQL (integration)."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ingest.db'}"
-        upgrade(url)
-        engine = create_engine_for(url)
-        yield make_session_factory(engine)
-        engine.dispose()
+        with migrated_sessions(f"sqlite:///{tmp_path / 'ingest.db'}") as factory:
+            yield factory
         return
-    with temporary_postgres_database() as url:
-        upgrade(url)
-        engine = create_engine_for(url)
-        yield make_session_factory(engine)
-        engine.dispose()
+    with temporary_postgres_database() as url, migrated_sessions(url) as factory:
+        yield factory
 
 
 @pytest.fixture
 def sqlite_sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """A session factory on a freshly migrated SQLite file."""
-    url = f"sqlite:///{tmp_path / 'ingest.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
+    with migrated_sessions(f"sqlite:///{tmp_path / 'ingest.db'}") as factory:
+        yield factory
 
 
 class Publisher:
@@ -130,48 +117,37 @@ def make_service(
     return IngestService(IngestConfig(roots, **settings), sessions, publish)  # type: ignore[arg-type]
 
 
+StartService = Callable[..., IngestService]
+
+
 @pytest.fixture
-def running() -> Iterator[list[IngestService]]:
-    """Services a test starts; each is stopped at the end whatever happens."""
+def start_service() -> Iterator[StartService]:
+    """Starts ``make_service(sessions, roots, publish, **overrides)``; each service started is stopped at
+    the end whatever happens."""
     services: list[IngestService] = []
-    yield services
+
+    def start(
+        sessions: sessionmaker[Session],
+        roots: list[Path],
+        publish: Callable[[list[int]], None],
+        **overrides: object,
+    ) -> IngestService:
+        service = make_service(sessions, roots, publish, **overrides)
+        services.append(service)
+        service.start()
+        return service
+
+    yield start
     for service in services:
         service.stop(timeout=30)
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def storable(path: Path) -> str:
-    """How the service stores a path (names that are not UTF-8 shown with \\x escapes)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-@dataclass
-class Drop:
-    """What a test dropped into the camera folders and what must come of it."""
-
-    good: list[tuple[Path, bytes]] = field(default_factory=list)
-    bad: dict[str, Reason] = field(default_factory=dict)  # stored path -> reason
-    ignored: list[Path] = field(default_factory=list)
-
-    def put(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.good.append((path, data))
-
-    def put_bad(self, path: Path, data: bytes, reason: Reason) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.bad[storable(path)] = reason
-
-    def distinct(self) -> dict[str, set[str]]:
-        """sha256 -> the paths carrying those bytes."""
-        found: dict[str, set[str]] = {}
-        for path, data in self.good:
-            found.setdefault(sha(data), set()).add(str(path))
-        return found
+@pytest.fixture
+def cam(tmp_path: Path) -> Path:
+    """An empty camera folder, ``tmp_path / "cam"``."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    return folder
 
 
 # --- the issue's check: 200 good images and 30 bad files, some written slowly ---------------------
@@ -181,7 +157,7 @@ def test_drop_of_200_images_and_30_bad_files(
     sessions: sessionmaker[Session],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    running: list[IngestService],
+    start_service: StartService,
 ) -> None:
     cam1, cam2, outside = (tmp_path / "cam1").resolve(), (tmp_path / "cam2").resolve(), tmp_path / "outside"
     for folder in (cam1, cam2, outside):
@@ -210,16 +186,7 @@ def test_drop_of_200_images_and_30_bad_files(
     monkeypatch.setattr(ingest, "read_image_file", read_with_bug)
 
     # Before start (found by the initial scan): 30 good images, 6 bad files, files to ignore.
-    odd = [
-        "de\u0301faut nfd.png",
-        "d\u00e9faut nfc.png",
-        "🧵 seam 🪡.jpg",
-        "line\nbreak.png",
-        "spaces  in  name.jpg",
-    ]
-    for i in range(30):
-        name = odd[i] if i < len(odd) else f"pre_{i:03d}.{'jpg' if i % 2 else 'png'}"
-        drop.put((cam1 if i % 3 else cam2) / name, photos[i])
+    drop.put_named(cam1, cam2, photos[:30], (*ODD_NAMES, "spaces  in  name.jpg"))
     for name in bad_names[:6]:
         drop.put_bad(cam1 / name, bad[name][0], bad[name][1])
     drop.put(cam1 / "folder.jpg" / "inside.png", photos[30])  # a folder named like an image
@@ -234,9 +201,7 @@ def test_drop_of_200_images_and_30_bad_files(
         drop.ignored.append(ignored)
 
     publisher = Publisher(sessions)
-    service = make_service(sessions, [cam1, cam2], publisher, max_bytes=1_000_000)
-    running.append(service)
-    service.start()
+    service = start_service(sessions, [cam1, cam2], publisher, max_bytes=1_000_000)
 
     # After start: folders created now (watched recursively), the rest of the bad files, duplicates.
     line2, deep = cam1 / "line2", cam2 / "a" / "b" / "c"
@@ -253,17 +218,7 @@ def test_drop_of_200_images_and_30_bad_files(
         drop.put((cam2 if i % 2 else line2) / f"copy_of_{i:02d}.{'jpg' if i % 2 else 'png'}", photos[i])
     drop.put_bad(cam1 / "empty_a.jpg", b"", Reason.EMPTY)
     drop.put_bad(deep / "empty_b.png", b"", Reason.EMPTY)
-    (outside / "elsewhere.png").write_bytes(synthetic_photo(500))
-    (cam1 / "linked_out.png").symlink_to(outside / "elsewhere.png")
-    drop.bad[str(cam1 / "linked_out.png")] = Reason.SYMLINK_OUTSIDE
-    (cam2 / "dangling.jpg").symlink_to(cam2 / "never_written.jpg")
-    drop.bad[str(cam2 / "dangling.jpg")] = Reason.BROKEN_SYMLINK
-    os.mkfifo(cam1 / "pipe.jpg")
-    drop.bad[str(cam1 / "pipe.jpg")] = Reason.NOT_A_FILE
-    raw_name = os.fsencode(cam2) + b"/bad\xffname.png"
-    with open(raw_name, "wb") as handle:  # noqa: PTH123  (a bytes path: the name is not UTF-8)
-        handle.write(synthetic_photo(501))
-    drop.bad[storable(Path(os.fsdecode(raw_name)))] = Reason.BAD_NAME
+    drop.put_unusual(cam1, cam2, outside, seed=500)
     drop.put_bad(cam1 / "huge.jpg", os.urandom(1_500_000), Reason.TOO_LARGE)
     drop.put_bad(cam2 / "locked.jpg", synthetic_photo(502), Reason.UNREADABLE)
     (cam2 / "locked.jpg").chmod(0)
@@ -362,15 +317,11 @@ def test_drop_of_200_images_and_30_bad_files(
 
 
 def test_publish_failures_lose_nothing_and_the_watcher_keeps_going(
-    sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sessions)
     publisher.failing = True
-    service = make_service(sessions, [cam], publisher)
-    running.append(service)
-    service.start()
+    service = start_service(sessions, [cam], publisher)
     for i in range(8):
         (cam / f"a_{i}.png").write_bytes(synthetic_photo(i))
     wait_until(
@@ -396,13 +347,11 @@ def test_publish_failures_lose_nothing_and_the_watcher_keeps_going(
 
 
 def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
     """A broker can hang without closing its connections (a network partition): a publish then blocks
     for as long as it lasts. Publishing runs in its own thread, so files are recorded meanwhile and
     announced, each once, when the broker answers again."""
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
     release = threading.Event()
     calls: list[list[int]] = []
@@ -412,9 +361,7 @@ def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
         release.wait(DEADLINE_S)  # the broker hangs until the test releases it
         publisher(image_ids)
 
-    service = make_service(sqlite_sessions, [cam], hanging, publish_batch_size=4)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], hanging, publish_batch_size=4)
     (cam / "first.png").write_bytes(synthetic_photo(0))
     wait_until(lambda: len(calls) == 1, lambda: f"{service.stats()}")
     for i in range(1, 11):  # arrive while the publish hangs
@@ -432,9 +379,7 @@ def test_a_broker_that_hangs_does_not_stop_files_being_recorded(
     assert publisher.not_committed == []
 
 
-def test_stop_announces_the_last_images_once(sqlite_sessions: sessionmaker[Session], tmp_path: Path) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_stop_announces_the_last_images_once(sqlite_sessions: sessionmaker[Session], cam: Path) -> None:
     publisher = Publisher(sqlite_sessions)
     service = make_service(sqlite_sessions, [cam], publisher)
     publisher.failing = True
@@ -451,18 +396,16 @@ def test_stop_announces_the_last_images_once(sqlite_sessions: sessionmaker[Sessi
 
 
 def test_polling_observer_sees_new_files_and_folders(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam = tmp_path / "share"
     cam.mkdir()
     (cam / "before.png").write_bytes(synthetic_photo(0))
     publisher = Publisher(sqlite_sessions)
     # No periodic rescan during the test: whatever arrives after start is seen by polling.
-    service = make_service(
+    service = start_service(
         sqlite_sessions, [cam], publisher, poll=True, poll_interval_seconds=0.2, rescan_seconds=600
     )
-    running.append(service)
-    service.start()
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     (cam / "later").mkdir()
     for i in range(1, 7):
@@ -483,17 +426,13 @@ def test_polling_observer_sees_new_files_and_folders(
 
 def test_events_missed_by_the_observer_are_found_by_the_rescan(
     sqlite_sessions: sessionmaker[Session],
-    tmp_path: Path,
+    cam: Path,
     monkeypatch: pytest.MonkeyPatch,
-    running: list[IngestService],
+    start_service: StartService,
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     monkeypatch.setattr(ingest._EventRecorder, "on_any_event", lambda self, event: None)
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.5)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.5)
     (cam / "sub").mkdir()
     for i in range(5):
         (cam / ("sub" if i % 2 else ".") / f"m_{i}.png").write_bytes(synthetic_photo(i))
@@ -502,7 +441,7 @@ def test_events_missed_by_the_observer_are_found_by_the_rescan(
 
 
 def test_a_folder_moved_in_after_start_is_scanned(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam, staging = tmp_path / "cam", tmp_path / "staging"
     cam.mkdir()
@@ -510,9 +449,7 @@ def test_a_folder_moved_in_after_start_is_scanned(
     for i in range(4):
         (staging / "batch" / ("inner" if i % 2 else ".") / f"s_{i}.png").write_bytes(synthetic_photo(i))
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=600)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=600)
     wait_until(lambda: service.stats().scans == 1, lambda: str(service.stats()))
     (staging / "batch").rename(cam / "batch")
     wait_until(lambda: len(publisher.ids()) == 4, lambda: str(service.stats()))
@@ -523,17 +460,13 @@ def test_a_folder_moved_in_after_start_is_scanned(
 
 def test_a_writer_that_pauses_longer_than_the_stability_interval_is_waited_for(
     sqlite_sessions: sessionmaker[Session],
-    tmp_path: Path,
-    running: list[IngestService],
+    cam: Path,
+    start_service: StartService,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="workers.ingest")
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, incomplete_grace_seconds=30.0)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], publisher, incomplete_grace_seconds=30.0)
     data = synthetic_photo(3, fmt="JPEG")
     with (cam / "paused.jpg").open("wb") as handle:
         handle.write(data[: len(data) // 2])
@@ -551,10 +484,8 @@ def test_a_writer_that_pauses_longer_than_the_stability_interval_is_waited_for(
 
 
 def test_a_database_outage_delays_a_file_and_loses_nothing(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     failures = {"left": 2}
 
     def flaky_sessions() -> Session:
@@ -564,9 +495,7 @@ def test_a_database_outage_delays_a_file_and_loses_nothing(
         return sqlite_sessions()
 
     publisher = Publisher(sqlite_sessions)
-    service = make_service(flaky_sessions, [cam], publisher)  # type: ignore[arg-type]
-    running.append(service)
-    service.start()
+    service = start_service(flaky_sessions, [cam], publisher)  # type: ignore[arg-type]
     (cam / "x.png").write_bytes(synthetic_photo(1))
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     assert service.stats().retries == 2
@@ -574,10 +503,8 @@ def test_a_database_outage_delays_a_file_and_loses_nothing(
 
 
 def test_scan_once_takes_quiet_files_now_and_waits_for_the_rest(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path
+    sqlite_sessions: sessionmaker[Session], cam: Path
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     hour_ago = time.time() - 3600
     for i in range(4):
         (cam / f"old_{i}.png").write_bytes(synthetic_photo(i))
@@ -609,14 +536,12 @@ def test_scan_once_takes_quiet_files_now_and_waits_for_the_rest(
 
 
 def test_delete_after_ingest_keeps_a_copy_and_leaves_bad_files(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam, store = tmp_path / "cam", tmp_path / "store"
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, store_dir=store, delete_after_ingest=True)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], publisher, store_dir=store, delete_after_ingest=True)
     photos = {f"d_{i}.jpg": synthetic_photo(i, fmt="JPEG") for i in range(3)}
     for name, data in photos.items():
         (cam / name).write_bytes(data)
@@ -658,14 +583,10 @@ def test_delete_after_ingest_never_deletes_the_file_a_row_points_at(
 
 
 def test_a_camera_folder_that_vanishes_and_comes_back_is_watched_again(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
     cam.rmdir()  # the share is unmounted
     wait_until(lambda: service.stats().scans >= 3, lambda: str(service.stats()))
     assert service.alive
@@ -683,14 +604,10 @@ def test_a_camera_folder_that_vanishes_and_comes_back_is_watched_again(
 
 
 def test_a_dead_observer_is_replaced(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], cam: Path, start_service: StartService
 ) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], publisher, rescan_seconds=0.3)
     first = service._observer
     assert first is not None
     first.stop()
@@ -705,11 +622,7 @@ def test_a_dead_observer_is_replaced(
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
 
 
-def test_stop_is_clean_and_a_service_starts_once(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path
-) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_stop_is_clean_and_a_service_starts_once(sqlite_sessions: sessionmaker[Session], cam: Path) -> None:
     service = make_service(sqlite_sessions, [cam], Publisher(sqlite_sessions))
     service.start()
     assert service.alive
@@ -720,11 +633,7 @@ def test_stop_is_clean_and_a_service_starts_once(
     assert not any(t.name.startswith("defectloop-") and t.is_alive() for t in threading.enumerate())
 
 
-def test_run_forever_returns_after_request_stop(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path
-) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_run_forever_returns_after_request_stop(sqlite_sessions: sessionmaker[Session], cam: Path) -> None:
     (cam / "one.png").write_bytes(synthetic_photo(1))
     publisher = Publisher(sqlite_sessions)
     service = make_service(sqlite_sessions, [cam], publisher)
@@ -739,9 +648,7 @@ def test_run_forever_returns_after_request_stop(
 # --- configuration --------------------------------------------------------------------------------
 
 
-def test_config_normalises_and_refuses_what_would_go_wrong(tmp_path: Path) -> None:
-    cam = tmp_path / "cam"
-    cam.mkdir()
+def test_config_normalises_and_refuses_what_would_go_wrong(cam: Path) -> None:
     config = IngestConfig([cam, cam / "."], extensions=["JPG", ".Png", " tif "])
     assert config.roots == (cam.resolve(),)
     assert config.extensions == frozenset({".jpg", ".png", ".tif"})
@@ -782,7 +689,7 @@ def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
     sqlite_sessions: sessionmaker[Session],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    running: list[IngestService],
+    start_service: StartService,
     caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
@@ -809,7 +716,7 @@ def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
     if route == "rescan":
         monkeypatch.setattr(ingest._EventRecorder, "on_any_event", lambda self, event: None)
     publisher = Publisher(sqlite_sessions)
-    service = make_service(
+    service = start_service(
         sqlite_sessions,
         [cam],
         publisher,
@@ -817,8 +724,6 @@ def test_nothing_outside_the_camera_folders_is_taken_on_any_route(
         poll=route == "polling",
         poll_interval_seconds=0.2,
     )
-    running.append(service)
-    service.start()
     wait_until(lambda: len(publisher.ids()) == 1, lambda: str(service.stats()))
     if route != "scan":
         make_links()
@@ -868,15 +773,13 @@ def test_a_symlink_to_an_image_in_the_folders_is_recorded_by_the_file_it_points_
 
 
 def test_a_file_changed_in_place_or_replaced_by_a_rename_supersedes_its_row(
-    sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     cam = (tmp_path / "cam").resolve()
     cam.mkdir()
     shot = cam / "shot.png"
     publisher = Publisher(sessions)
-    service = make_service(sessions, [cam], publisher)
-    running.append(service)
-    service.start()
+    service = start_service(sessions, [cam], publisher)
     first, second, third = (synthetic_photo(i) for i in (1, 2, 3))
 
     def row_of(data: bytes) -> Image:
@@ -933,16 +836,14 @@ def test_a_file_changed_in_place_or_replaced_by_a_rename_supersedes_its_row(
 
 
 def test_a_quarantined_file_that_becomes_a_valid_image_supersedes_its_quarantine_row(
-    sqlite_sessions: sessionmaker[Session], tmp_path: Path, running: list[IngestService]
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, start_service: StartService
 ) -> None:
     """A writer that pauses longer than the grace: its half file is quarantined as truncated; once the
     file is complete, its image supersedes that row, and the counts say one image, no bad file."""
     cam = (tmp_path / "cam").resolve()
     cam.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(sqlite_sessions, [cam], publisher)
-    running.append(service)
-    service.start()
+    service = start_service(sqlite_sessions, [cam], publisher)
     data = synthetic_photo(5, fmt="JPEG")
     with (cam / "paused.jpg").open("wb") as handle:
         handle.write(data[: len(data) // 2])
@@ -989,7 +890,7 @@ def test_a_quarantined_file_that_becomes_a_valid_image_supersedes_its_quarantine
 def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stability_wait(
     sqlite_sessions: sessionmaker[Session],
     tmp_path: Path,
-    running: list[IngestService],
+    start_service: StartService,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With a stability wait far longer than the test, only the fast path can take a file: closed after
@@ -1000,7 +901,7 @@ def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stabi
     cam.mkdir()
     staging.mkdir()
     publisher = Publisher(sqlite_sessions)
-    service = make_service(
+    service = start_service(
         sqlite_sessions,
         [cam],
         publisher,
@@ -1008,8 +909,6 @@ def test_a_file_closed_or_renamed_into_place_complete_is_taken_without_the_stabi
         incomplete_grace_seconds=600,
         rescan_seconds=600,
     )
-    running.append(service)
-    service.start()
     photos = {
         "closed.png": synthetic_photo(1),
         "closed.jpg": synthetic_photo(2, fmt="JPEG"),

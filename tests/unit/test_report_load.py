@@ -13,7 +13,7 @@ from db import repositories as repo
 from db.schema import DemoArm, ImageStatus
 from defectloop.report.load import DemoRunNotFoundError, load_report_data
 from defectloop.report.sample import Sample, fabricate_report_data
-from tests.db_helpers import new_image, new_model_version
+from tests.db_helpers import new_image, new_model_version, record_round
 
 
 @pytest.fixture
@@ -91,15 +91,7 @@ def test_an_unknown_run_is_refused_naming_the_runs_there_are(db_session: Session
 
 def test_a_named_run_is_shown_and_the_others_listed(db_session: Session, sample: Sample) -> None:
     other = repo.create_demo_run(session=db_session, name="later", settings={})
-    repo.record_demo_round(
-        session=db_session,
-        run_id=other.id,
-        round_number=0,
-        arm=DemoArm.ACTIVE,
-        labels_used=5,
-        defects_found=1,
-        metrics={},
-    )
+    record_round(db_session, other.id, 0, DemoArm.ACTIVE, labels_used=5, defects_found=1)
     latest = load_report_data(db_session)
     assert latest.run is not None
     assert latest.run.name == "later"

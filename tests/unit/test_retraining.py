@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
 from db.errors import InvalidTransitionError
-from db.migrate import upgrade
 from db.schema import (
     ComparisonDecision,
     EvaluationSetMember,
@@ -40,7 +38,6 @@ from db.schema import (
     TrainingRunStatus,
     TrainingTrigger,
 )
-from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.comparison import PromotionPolicy
@@ -95,6 +92,8 @@ LENIENT = PromotionPolicy(min_macro_f1_gain=-1.0, require_significance=False, n_
 STRICT = PromotionPolicy(min_macro_f1_gain=1.0, n_boot=200)
 SHA = "a" * 64
 
+pytestmark = pytest.mark.usefixtures("hub_offline")
+
 
 def _request(task: ModelTask) -> TrainingRequest:
     return TrainingRequest(
@@ -107,26 +106,12 @@ def _request(task: ModelTask) -> TrainingRequest:
     )
 
 
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def labelled_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 synthetic photos, 10 of each of the six classes, 32 px (read only: tests import it in place)."""
     root = tmp_path_factory.mktemp("labelled") / "images"
     generate_dataset(root, n=60, seed=5, size=32)
     return root
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _add_image(

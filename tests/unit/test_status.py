@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import ImageStatus, ModelStatus, ModelTask
-from db.session import create_engine_for, make_session_factory, session_scope
+from db.session import session_scope
 from tests.db_helpers import new_image, new_model_version
 from workers.status import read_status, read_versions
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'defectloop.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def test_an_empty_database_has_no_champion_set_or_request(sessions: sessionmaker[Session]) -> None:

@@ -23,9 +23,7 @@ N_PER_SIDE = 120  # ok images, and defective ones spread evenly over the five ty
 EPOCHS = 8
 
 
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 def train_ok_vs_defective(root: Path, seed: int) -> TrainResult:

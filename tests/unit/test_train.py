@@ -38,9 +38,7 @@ SPEC = InputSpec(image_size=32, channels=3)
 BINARY = ("ok", "defective")
 
 
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 def _datasets(root: Path, spec: InputSpec, *, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:

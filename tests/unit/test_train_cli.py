@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import (
     Image,
     ModelEvaluation,
@@ -33,7 +31,6 @@ from db.schema import (
     TrainingRun,
     TrainingRunStatus,
 )
-from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.comparison import threshold_flag
@@ -59,9 +56,7 @@ LABELS = LabelSpace(GOOD, DEFECTS)
 _HYPER = tuple(f.name for f in fields(Hyperparameters))
 
 
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +65,6 @@ def binary_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("binary") / "images"
     generate_dataset(root, n=16, seed=3, size=32, classes=("ok", "hole"))
     return root
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _request(**overrides: Any) -> TrainingRequest:

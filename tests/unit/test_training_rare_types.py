@@ -4,16 +4,13 @@ that labels as it goes meets one), instead of refusing to train the other types.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import ModelTask
-from db.session import create_engine_for, make_session_factory
 from defectloop.settings import DEFAULT_CLASSES
 from defectloop.synth import generate_dataset
 from models.data import InputSpec
@@ -25,15 +22,6 @@ from workers.training import Hyperparameters, TrainingRequest, train_from_databa
 GOOD, DEFECTS = DEFAULT_CLASSES[0], DEFAULT_CLASSES[1:]
 SPEC = InputSpec(image_size=32, channels=1)
 TINY = Hyperparameters(epochs=1, batch_size=8, val_fraction=0.25)
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'db' / 'defectloop.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _folder(tmp_path: Path, keep: dict[str, int]) -> Path:

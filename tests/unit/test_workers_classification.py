@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import Image, ImageStatus, ModelTask, Prediction, SourceKind
-from db.session import create_engine_for, make_session_factory
 from defectloop.app import ingest_config, worker_config
 from defectloop.settings import DEFAULT_CLASSES, load_settings
 from models.infer import PredictionOutput
 from models.labels import LabelSpace
+from tests.db_helpers import add_image_file
 from workers import classification, image_reading
 from workers.celery_app import (
     CLASSIFY_TASK,
@@ -78,15 +77,6 @@ def fake_loader(loaded: list[VersionRef]) -> classification.ModelLoader:
     return load
 
 
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 def register(
     sessions: sessionmaker[Session], task: ModelTask, n: int, metrics: dict[str, Any] | None = None
 ) -> int:
@@ -116,17 +106,7 @@ def add_images(sessions: sessionmaker[Session], folder: Path, n: int, *, start: 
             path = folder / f"{index}.png"
             pixels = np.random.default_rng(index).integers(0, 256, size=(20, 20), dtype=np.uint8)
             PILImage.fromarray(pixels, mode="L").save(path)
-            image, _ = repo.add_image(
-                session=session,
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                path=str(path),
-                source_id=source.id,
-                width=20,
-                height=20,
-                mode="L",
-                size_bytes=path.stat().st_size,
-            )
-            ids.append(image.id)
+            ids.append(add_image_file(session, path, source.id).id)
         session.commit()
     return ids
 
@@ -772,18 +752,21 @@ def test_settings_feed_the_worker_and_the_watcher(tmp_path: Path) -> None:
     assert ingest.rescan_seconds == 30.0
 
 
-def test_the_embedded_broker_file_is_in_wal_mode_so_publishers_do_not_block_pollers(tmp_path: Path) -> None:
-    from workers.celery_app import WorkerConfig, create_app, publish_classification
-
-    broker = tmp_path / "broker.db"
-    app = create_app(
+def embedded_app(tmp_path: Path) -> Any:
+    """An app on the embedded broker file ``tmp_path / "broker.db"`` (database and artifacts in tmp_path)."""
+    return create_app(
         WorkerConfig(
-            broker_url=f"sqla+sqlite:///{broker}",
+            broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
             database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
             artifacts_dir=tmp_path,
             classes=DEFAULT_CLASSES,
         )
     )
+
+
+def test_the_embedded_broker_file_is_in_wal_mode_so_publishers_do_not_block_pollers(tmp_path: Path) -> None:
+    broker = tmp_path / "broker.db"
+    app = embedded_app(tmp_path)
     publish_classification(app, [1, 2, 3])
     with sqlite3.connect(broker) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -795,14 +778,7 @@ def test_publish_in_batches_sends_one_message_per_batch(tmp_path: Path) -> None:
     from workers.celery_app import publish_in_batches
 
     broker = tmp_path / "broker.db"
-    app = create_app(
-        WorkerConfig(
-            broker_url=f"sqla+sqlite:///{broker}",
-            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-            artifacts_dir=tmp_path,
-            classes=DEFAULT_CLASSES,
-        )
-    )
+    app = embedded_app(tmp_path)
     publish_in_batches(app, [1, 2, 3, 4, 5], batch_size=2, retry=False)
     publish_in_batches(app, [], batch_size=2)
     with sqlite3.connect(broker) as connection:

@@ -7,7 +7,7 @@ planning, recording and reconciliation run for real.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repositories as repo
-from db.migrate import upgrade
 from db.schema import (
     Annotation,
     AnnotationOrigin,
@@ -30,27 +29,17 @@ from db.schema import (
     TrainingRunStatus,
     TrainingTrigger,
 )
-from db.session import create_engine_for, make_session_factory
 from labelling.errors import LabelStudioUnavailableError
 from labelling.names import FROM_NAME, IMAGE_ID_KEY, IMAGE_NAME, SIMULATED_ANNOTATOR
 from labelling.payloads import AnnotationAction, AnnotationEvent
 from models.selection import STRATEGIES
-from tests.db_helpers import new_image, new_model_version
+from tests.db_helpers import mark_predicted, new_image, new_model_version
 from workers import labelling
 from workers.backend import LabellingHandlers
 from workers.labelling import PushItem
 from workers.labelling_tasks import LabellingConfig
 
 CLASSES = ("ok", "hole", "raw_edge")
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'labelling.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @dataclass
@@ -96,17 +85,15 @@ def _predict(
     session: Session, image_id: int, binary_id: int, probs: dict[str, float], bald: float = 0.0
 ) -> None:
     label = max(probs, key=lambda c: probs[c])
-    repo.add_prediction(
-        session=session,
-        image_id=image_id,
-        binary_version_id=binary_id,
-        multiclass_version_id=None,
-        probabilities=probs,
-        predicted_label=label,
+    mark_predicted(
+        session,
+        image_id,
+        binary_id,
+        probs,
+        label=label,
         confidence=probs[label],
         uncertainty={"entropy": 0.0, "bald": bald},
     )
-    repo.set_image_status(session=session, image_id=image_id, status=ImageStatus.PREDICTED)
 
 
 def _pool(sessions: sessionmaker[Session], n: int = 6) -> tuple[list[int], int]:
