@@ -23,6 +23,9 @@ IMAGE_ID_KEY = "defectloop_image_id"
 SECRET_HEADER = "X-Defectloop-Secret"  # noqa: S105  # a header name, not a secret
 """The header Label Studio sends with every webhook, holding the shared secret."""
 
+WEBHOOK_PATH = "/webhooks/label-studio"
+"""Where the receiver (``defectloop serve``) takes Label Studio's webhooks."""
+
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 """The webhook actions registered with Label Studio (deletion is plural in Label Studio's API)."""
 

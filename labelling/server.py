@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labelling.errors import PayloadError
 from labelling.media import MEDIA_KINDS, verify_media
-from labelling.names import SECRET_HEADER
+from labelling.names import SECRET_HEADER, WEBHOOK_PATH
 from labelling.payloads import AnnotationEvent, parse_webhook
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_PATH = "/webhooks/label-studio"
 MODEL_CLASS = "defectloop"
 TRAINING_REASON = "Label Studio START_TRAINING"
 _LOGGED_ACTION_LIMIT = 64

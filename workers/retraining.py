@@ -70,6 +70,7 @@ __all__ = [
     "reject_version",
     "retrain_challengers",
     "rollback_champion",
+    "train_clear_of_evaluation_sets",
     "update_evaluation_sets",
 ]
 
@@ -235,6 +236,19 @@ def held_out_image_ids(sessions: sessionmaker[Session]) -> frozenset[int]:
                 if rule.holds_out(image_group(image.source_id, image.path))
             )
     return frozenset(held)
+
+
+def train_clear_of_evaluation_sets(
+    request: TrainingRequest, *, sessions: sessionmaker[Session], artifacts_dir: Path
+) -> TrainOutcome:
+    """Train on the database's labels (``train_from_database``), leaving out every image the frozen
+    evaluation sets hold or their rule holds out, so a later comparison scores it on unseen images."""
+    return train_from_database(
+        request,
+        sessions=sessions,
+        artifacts_dir=artifacts_dir,
+        exclude_image_ids=held_out_image_ids(sessions),
+    )
 
 
 # --- retraining ----------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ from rich.table import Table
 
 from defectloop.cli._common import check_database, console, opened_database, settings_of
 from defectloop.settings import Settings
-from labelling.label_config import build_label_config
-from labelling.names import SECRET_HEADER, WEBHOOK_ACTIONS
 
 labelling_app = typer.Typer(help="Label Studio project, tasks and annotations.", no_args_is_help=True)
 
@@ -21,36 +19,32 @@ def labelling_init(ctx: typer.Context) -> None:
     """Create or find the Label Studio project, its webhook and its queue view (idempotent)."""
     settings = settings_of(ctx)
     from defectloop.app import label_studio_gateway
+    from workers.label_studio_project import set_up_project
     from workers.labelling import current_model_key
 
     gateway = label_studio_gateway(settings)
     gateway.check()
     assert settings.webhook_secret is not None  # label_studio_gateway required it
-    project = gateway.ensure_project(
-        title=settings.label_studio_project_title, label_config=build_label_config(settings.classes)
+    setup = set_up_project(
+        gateway,
+        title=settings.label_studio_project_title,
+        classes=settings.classes,
+        public_url=settings.public_url,
+        webhook_secret=settings.webhook_secret.get_secret_value(),
     )
-    webhook_url = f"{settings.public_url}/webhooks/label-studio"
-    webhook_created = gateway.ensure_webhook(
-        project_id=project.id,
-        url=webhook_url,
-        headers={SECRET_HEADER: settings.webhook_secret.get_secret_value()},
-        actions=WEBHOOK_ACTIONS,
-    )
-    view_created = gateway.ensure_view(project_id=project.id, title=MOST_INFORMATIVE_VIEW)
     with opened_database(settings) as database, database.sessions() as session:
         model_key = current_model_key(session)
     # Label Studio refuses a model version no prediction carries yet: the first push sets it.
-    shown = gateway.get_project(project_id=project.id)["model_version"] or "(set by the first push)"
+    shown = gateway.get_project(project_id=setup.project_id)["model_version"] or "(set by the first push)"
     table = Table("what", "state", title=f"Label Studio {settings.label_studio_url}")
-    table.add_row(f"project {project.id} '{settings.label_studio_project_title}'", _made(project.created))
-    table.add_row(f"webhook -> {webhook_url}", _made(webhook_created))
-    table.add_row(f"view '{MOST_INFORMATIVE_VIEW}'", _made(view_created))
+    table.add_row(
+        f"project {setup.project_id} '{settings.label_studio_project_title}'", _made(setup.project_created)
+    )
+    table.add_row(f"webhook -> {setup.webhook_url}", _made(setup.webhook_created))
+    table.add_row(f"view '{setup.view_title}'", _made(setup.view_created))
     table.add_row("model version", shown)
     table.add_row("champions", model_key or "(none yet: nothing to push)")
     console.print(table)
-
-
-MOST_INFORMATIVE_VIEW = "Most informative first"
 
 
 def _made(created: bool) -> str:

@@ -150,7 +150,7 @@ def train(
     with opened_database(settings) as database:
         from db.schema import ModelTask
         from models.data import InputSpec
-        from workers.training import Hyperparameters, TrainingRequest, train_from_database, train_from_folder
+        from workers.training import Hyperparameters, TrainingRequest, train_from_folder
 
         request = TrainingRequest(
             task=ModelTask(task.value),
@@ -179,12 +179,9 @@ def train(
                 request, sessions=sessions, dataset=dataset, class_map=mapping, artifacts_dir=artifacts_dir
             )
         else:
-            from workers.retraining import held_out_image_ids
+            from workers.retraining import train_clear_of_evaluation_sets
 
-            held_out = held_out_image_ids(sessions)  # the frozen evaluation sets stay unseen
-            outcome = train_from_database(
-                request, sessions=sessions, exclude_image_ids=held_out, artifacts_dir=artifacts_dir
-            )
+            outcome = train_clear_of_evaluation_sets(request, sessions=sessions, artifacts_dir=artifacts_dir)
     role = "champion" if outcome.is_champion else "candidate (the champion stays; compare before promoting)"
     console.print(f"registered [bold]{outcome.version_name}[/] as {role}", highlight=False)
     parent = f", warm-started from {outcome.parent_name}" if outcome.parent_name else ""

@@ -108,22 +108,17 @@ class LabelStudioAnnotator:
         """The loop's project, with its webhook to ``serve`` (what ``defectloop labelling init`` makes:
         found when it ran, made here when it did not, so the demo needs no set-up step of its own)."""
         if self._project_id is None:
-            from labelling.label_config import build_label_config
-            from labelling.names import SECRET_HEADER, WEBHOOK_ACTIONS
-            from labelling.server import WEBHOOK_PATH
+            from workers.label_studio_project import set_up_project
 
-            project_id = self.gateway.ensure_project(
-                title=self._settings.label_studio_project_title,
-                label_config=build_label_config(self._settings.classes),
-            ).id
             secret = self._settings.webhook_secret
-            if secret is not None and secret.get_secret_value():
-                self.gateway.ensure_webhook(
-                    project_id=project_id,
-                    url=f"{self._settings.public_url}{WEBHOOK_PATH}",
-                    headers={SECRET_HEADER: secret.get_secret_value()},
-                    actions=WEBHOOK_ACTIONS,
-                )
+            project_id = set_up_project(
+                self.gateway,
+                title=self._settings.label_studio_project_title,
+                classes=self._settings.classes,
+                public_url=self._settings.public_url,
+                webhook_secret=None if secret is None else secret.get_secret_value(),
+                view_title=None,
+            ).project_id
             self._project_id = project_id
         return self._project_id
 
